@@ -1,0 +1,213 @@
+"""The task genesis: every parameter of a run that a replica needs to rebuild
+the model from base weights plus ledger, fixed when the task is created.
+
+The genesis travels and is hashed as canonical JSON, so the coordinator and
+every client agree on its bytes without sharing Python classes; its hash is
+the root of the ledger's hash chain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seedfed.shared.philox_ref import GENERATOR_ID
+
+AGGREGATIONS = ("mean", "median", "trimmed_mean")
+SAMPLINGS = ("uniform", "fedkseed_pro")
+SCHEDULES = ("constant", "linear", "cosine")
+DISTRIBUTIONS = ("rademacher",)
+OBJECTIVES = ("causal_lm", "classification")
+_TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class TaskSpecError(ValueError):
+    """A task file or genesis that cannot describe a valid run."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the loss is: the same for every client, so it belongs to the genesis."""
+
+    kind: str = "classification"
+    # classification: one natural-language description per label, scored by the model
+    labels: tuple[str, ...] = ()
+    template: str = "{text}"
+    max_length: int = 128
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    task_id: str
+    base_model: str
+    base_digest: str
+    manifest_digest: str
+    unit_log2: int  # the fixed-point unit is 2**unit_log2
+    task_seed: int  # 32-bit key word of the generator
+    objective: Objective = field(default_factory=Objective)
+    generator: str = GENERATOR_ID
+    distribution: str = "rademacher"
+    eps: float = 1e-3
+    lr: float = 1e-5
+    lr_schedule: str = "constant"
+    max_rounds: int = 0  # 0: open-ended; also the horizon of decaying schedules
+    pool_size: int = 4096  # K; 0 means unbounded seeds
+    local_steps: int = 1  # seeds each client probes per round
+    group_size: int = 0  # clients that probe the same seeds; 0 means all clients of the round
+    batch_size: int = 16
+    scalar_scale: float = 0.05  # one byte b carries the scalar b * scale
+    aggregation: str = "mean"
+    trim_fraction: float = 0.2
+    min_clients: int = 1
+    round_deadline_s: float = 60.0
+    sampling: str = "uniform"
+    digest_every: int = 5
+
+    def __post_init__(self) -> None:
+        # 60 and 60.0 must give the same canonical bytes (and genesis hash)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if str(f.type) == "float" and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+
+    # -- derived -----------------------------------------------------------------
+    @property
+    def unit(self) -> float:
+        return math.ldexp(1.0, self.unit_log2)
+
+    def lr_at(self, round_no: int) -> float:
+        """Learning rate of round ``round_no`` (1-based)."""
+        if self.lr_schedule == "constant" or self.max_rounds <= 0:
+            return self.lr
+        progress = min(max(round_no - 1, 0) / self.max_rounds, 1.0)
+        if self.lr_schedule == "linear":
+            return self.lr * (1.0 - progress)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    # -- validation ----------------------------------------------------------------
+    def validate(self) -> "TaskSpec":
+        problems: list[str] = []
+
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                problems.append(msg)
+
+        need(bool(_TASK_ID.fullmatch(self.task_id)), f"task_id {self.task_id!r} must be 1-64 of [A-Za-z0-9_.-]")
+        need(0 < len(self.base_model) <= 512, "base_model must be a non-empty path or id")
+        need(bool(_HEX64.fullmatch(self.base_digest)), "base_digest must be 64 lowercase hex digits")
+        need(bool(_HEX64.fullmatch(self.manifest_digest)), "manifest_digest must be 64 lowercase hex digits")
+        need(-60 <= self.unit_log2 <= 0, f"unit_log2 {self.unit_log2} must lie in [-60, 0]")
+        need(0 <= self.task_seed < 2**32, "task_seed must be a 32-bit unsigned integer")
+        need(self.generator == GENERATOR_ID, f"generator must be {GENERATOR_ID!r}")
+        need(self.distribution in DISTRIBUTIONS, f"distribution must be one of {DISTRIBUTIONS}")
+        need(math.isfinite(self.eps) and self.eps > 0, "eps must be a positive number")
+        need(math.isfinite(self.lr) and self.lr > 0, "lr must be a positive number")
+        need(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES}")
+        need(self.max_rounds >= 0, "max_rounds must be >= 0")
+        need(0 <= self.pool_size <= 2**24, "pool_size must lie in [0, 2**24] (0: unbounded)")
+        need(1 <= self.local_steps <= 4096, "local_steps must lie in [1, 4096]")
+        need(0 <= self.group_size <= 100_000, "group_size must lie in [0, 100000]")
+        need(1 <= self.batch_size <= 4096, "batch_size must lie in [1, 4096]")
+        need(math.isfinite(self.scalar_scale) and self.scalar_scale > 0, "scalar_scale must be positive")
+        need(self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS}")
+        need(0.0 <= self.trim_fraction < 0.5, "trim_fraction must lie in [0, 0.5)")
+        need(1 <= self.min_clients <= 100_000, "min_clients must lie in [1, 100000]")
+        need(0 < self.round_deadline_s <= 86_400, "round_deadline_s must lie in (0, 86400]")
+        need(self.sampling in SAMPLINGS, f"sampling must be one of {SAMPLINGS}")
+        need(self.sampling != "fedkseed_pro" or self.pool_size > 0, "fedkseed_pro sampling needs a finite pool_size")
+        need(1 <= self.digest_every <= 1_000_000, "digest_every must be >= 1")
+        o = self.objective
+        need(o.kind in OBJECTIVES, f"objective.kind must be one of {OBJECTIVES}")
+        need(o.kind != "classification" or len(o.labels) >= 2, "a classification objective needs >= 2 labels")
+        need(1 <= o.max_length <= 65_536, "objective.max_length must lie in [1, 65536]")
+        if problems:
+            raise TaskSpecError("invalid task: " + "; ".join(problems))
+        return self
+
+    # -- canonical form -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["objective"]["labels"] = list(self.objective.labels)
+        return d
+
+    def canonical_bytes(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+    def genesis_hash(self) -> bytes:
+        return hashlib.sha256(b"seedfed-genesis-v1\0" + self.canonical_bytes()).digest()
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "TaskSpec":
+        raw = dict(raw)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise TaskSpecError(f"unknown task field(s): {', '.join(unknown)}")
+        obj_raw = dict(raw.pop("objective", {}) or {})
+        obj_known = {f.name for f in dataclasses.fields(Objective)}
+        bad = sorted(set(obj_raw) - obj_known)
+        if bad:
+            raise TaskSpecError(f"unknown objective field(s): {', '.join(bad)}")
+        if "labels" in obj_raw:
+            obj_raw["labels"] = tuple(obj_raw["labels"])
+        missing = [n for n in ("task_id", "base_model", "base_digest", "manifest_digest", "unit_log2", "task_seed") if n not in raw]
+        if missing:
+            raise TaskSpecError(f"missing task field(s): {', '.join(missing)}")
+        try:
+            spec = cls(objective=Objective(**obj_raw), **raw)
+        except TypeError as exc:
+            raise TaskSpecError(f"invalid task: {exc}") from None
+        _check_types(spec)
+        return spec.validate()
+
+    @classmethod
+    def from_canonical(cls, data: bytes) -> "TaskSpec":
+        try:
+            raw = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise TaskSpecError(f"genesis is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise TaskSpecError("genesis must be a JSON object")
+        return cls.from_dict(raw)
+
+    @classmethod
+    def load_toml(cls, path: str | Path) -> "TaskSpec":
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except OSError as exc:
+            raise TaskSpecError(f"cannot read task file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise TaskSpecError(f"task file {path} is not valid TOML: {exc}") from None
+        return cls.from_dict(raw.get("task", raw))
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        return tomli_w.dumps({"task": self.to_dict()})
+
+
+def _check_types(spec: TaskSpec) -> None:
+    """TOML and JSON are loosely typed; reject e.g. a string where a number belongs."""
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if f.name == "objective":
+            continue
+        expected = {"int": int, "float": (int, float), "str": str}.get(str(f.type))
+        if expected is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise TaskSpecError(f"task field {f.name} must be of type {f.type}, got {type(value).__name__}")
+    o = spec.objective
+    if not isinstance(o.kind, str) or not isinstance(o.template, str) or not isinstance(o.max_length, int):
+        raise TaskSpecError("objective fields have the wrong types")
+    if not all(isinstance(x, str) for x in o.labels):
+        raise TaskSpecError("objective.labels must be strings")

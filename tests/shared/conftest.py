@@ -1,0 +1,35 @@
+"""Fixtures for the engine tests: tiny transformers built from configs (no model hub)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from engine_models import tiny_bert, tiny_gpt2  # noqa: E402
+
+from seedfed.shared import philox  # noqa: E402
+
+
+@pytest.fixture
+def gpt2():
+    return tiny_gpt2()
+
+
+@pytest.fixture
+def bert():
+    return tiny_bert()
+
+
+@pytest.fixture(scope="session")
+def compiled_ok():
+    """Compile the kernels once per session; skip compiled-path tests where torch.compile cannot run."""
+    try:
+        flat = torch.zeros(1000, dtype=torch.int32)
+        philox.add_signs_(flat, 1, 2, 3, compiled=True)
+    except Exception as exc:  # pragma: no cover - depends on a C++ compiler being present
+        pytest.skip(f"torch.compile unavailable: {exc}")
+    if philox._compile_broken:
+        pytest.skip("torch.compile unavailable on this machine")
+    return True
