@@ -1,0 +1,57 @@
+"""The arithmetic of a round, without I/O."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coord_helpers import make_spec
+from seedfed.server.round_math import compute_commit, group_count, plan_round
+from seedfed.server.store import Submission
+from seedfed.shared.assignment import uniform_seeds
+from seedfed.shared.steps import integer_steps
+
+
+def test_plan_gives_slots_in_order_and_seeds_per_group() -> None:
+    spec = make_spec(group_size=2, local_steps=3, pool_size=50)
+    plan = plan_round(spec, 7, 1, ["a", "b", "c", "d", "e"], {}, 100.0)
+    assert plan.slots == ("a", "b", "c", "d", "e") and group_count(5, 2) == 3
+    assert [plan.group_of_slot(s) for s in range(5)] == [0, 0, 1, 1, 2]
+    for g in range(3):
+        assert plan.group_seeds[g] == tuple(uniform_seeds(spec.task_seed, 7, g, 3, 50))
+    assert plan.deadline == 100.0 + spec.round_deadline_s and plan.lr == spec.lr_at(7)
+    assert plan_round(spec, 7, 2, ["a", "b", "c", "d", "e"], {}, 100.0).group_seeds == plan.group_seeds
+
+
+def test_commit_aggregates_in_groups_and_averages_over_groups() -> None:
+    spec = make_spec(group_size=2, local_steps=2, pool_size=1000, aggregation="median", scalar_scale=0.5)
+    plan = plan_round(spec, 3, 1, ["a", "b", "c", "d"], {}, 0.0)
+    subs = [
+        Submission("a", 0, bytes([2, 4]), 1.0, 0.0),
+        Submission("b", 1, bytes([4, 0xFC]), 3.0, 0.0),  # 0xFC = -4
+        Submission("c", 2, bytes([10, 10]), None, 0.0),  # group 1 reports once (d is silent)
+    ]
+    result = compute_commit(spec, plan, subs, b"\0" * 32)
+    g0, g1 = plan.group_seeds
+    # median of two values is their mean; two groups reported
+    expected = integer_steps(
+        [(g0[0], (1.0 + 2.0) / 2 / 2), (g0[1], (2.0 - 2.0) / 2 / 2), (g1[0], 5.0 / 2), (g1[1], 5.0 / 2)],
+        lr=plan.lr, unit=spec.unit, task_seed=spec.task_seed, round_no=3,
+    )
+    assert result.record.entries == expected
+    assert result.submissions_counted == 3 and result.mean_loss == 2.0
+    assert result.seed_abs[g1[0]][0] >= 5.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.binary(min_size=4, max_size=4), min_size=1, max_size=9), st.randoms(use_true_random=False))
+def test_commit_does_not_depend_on_arrival_order(payloads: list[bytes], rnd: random.Random) -> None:
+    spec = make_spec(group_size=3, local_steps=4, pool_size=64, aggregation="trimmed_mean")
+    clients = [f"c{i}" for i in range(len(payloads))]
+    plan = plan_round(spec, 5, 1, clients, {}, 0.0)
+    subs = [Submission(c, i, bytes(b if b != 0x80 else 0 for b in p), None, 0.0) for i, (c, p) in enumerate(zip(clients, payloads))]
+    shuffled = subs[:]
+    rnd.shuffle(shuffled)
+    assert compute_commit(spec, plan, subs, b"\1" * 32) == compute_commit(spec, plan, shuffled, b"\1" * 32)
