@@ -1,0 +1,88 @@
+"""``seedfed eval``: accuracy (classification) or loss of a model on a data file.
+
+The model is either a directory (an export, or any base) evaluated with a
+task's objective, or a task rebuilt at a round from its ledger.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from seedfed.shared.taskspec import TaskSpec
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    examples: int
+    loss: float
+    accuracy: float | None  # None for causal language modelling
+
+
+def evaluate_module(spec: TaskSpec, module, tokenizer, data_path: str | Path, device: str = "cpu", limit: int = 0) -> EvalResult:
+    from seedfed.client.data import read_examples
+    from seedfed.client.objectives import accuracy, build_objective, mean_loss
+
+    examples = read_examples(data_path, spec.objective.kind, spec.objective.labels)
+    if limit:
+        examples = examples[:limit]
+    objective = build_objective(spec.objective, module, tokenizer, device)
+    loss = mean_loss(objective, examples)
+    acc = accuracy(objective, examples) if spec.objective.kind == "classification" else None
+    return EvalResult(len(examples), loss, acc)
+
+
+@click.command("eval")
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False), help="labelled TSV/CSV/JSONL or instruction JSONL")
+@click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False, exists=True), help="a model directory (e.g. from seedfed export)")
+@click.option("--task-file", type=click.Path(dir_okay=False, exists=True), default=None, help="task file whose objective to use with --model")
+@click.option("--db", "db_url", default=None, help="coordinator database to rebuild the task from")
+@click.option("--task", "task_id", default=None, help="task id in the database")
+@click.option("--ledger", "ledger_file", type=click.Path(dir_okay=False, exists=True), default=None, help="a ledger file to rebuild the task from")
+@click.option("--round", "to_round", type=click.IntRange(min=0), default=0, help="round to evaluate at (0: the head)")
+@click.option("--base", "base_ref", default=None, help="base model of the task (default: the genesis's base_model)")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--limit", type=click.IntRange(min=0), default=0, help="evaluate only the first N examples")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def eval_command(data_path, model_dir, task_file, db_url, task_id, ledger_file, to_round, base_ref, device, limit, as_json) -> None:
+    """Accuracy or loss of a model directory, or of a task at a round, on a data file."""
+    from seedfed.client.data import DataError
+    from seedfed.client.export import ExportError, load_history, rebuild
+    from seedfed.client.model import ModelLoadError, load_base
+    from seedfed.client.replica import BaseDigestMismatch
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one-line output for people and scripts
+    try:
+        if model_dir:
+            spec = _spec_for_model_dir(model_dir, task_file, db_url, task_id, ledger_file)
+            base = load_base(model_dir, spec.objective.kind, device)
+            module, tokenizer, where = base.module, base.tokenizer, model_dir
+        else:
+            spec, records = load_history(db_url, task_id, ledger_file)
+            rebuilt = rebuild(spec, records, base_ref, to_round, device)
+            module, tokenizer, where = rebuilt.module, rebuilt.tokenizer, f"task {spec.task_id} round {rebuilt.replica.round}"
+        result = evaluate_module(spec, module, tokenizer, data_path, device, limit)
+    except (DataError, ExportError, ModelLoadError, BaseDigestMismatch) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"model": where, "examples": result.examples, "loss": result.loss, "accuracy": result.accuracy}))
+        return
+    acc = f", accuracy {100 * result.accuracy:.2f}%" if result.accuracy is not None else ""
+    click.echo(f"{where}: {result.examples} examples, loss {result.loss:.4f}{acc}")
+
+
+def _spec_for_model_dir(model_dir: str, task_file: str | None, db_url: str | None, task_id: str | None, ledger_file: str | None) -> TaskSpec:
+    """The objective to evaluate a model directory with: a task file, a ledger, a database, or the
+    task named in the directory's seedfed.json (written by seedfed export) looked up in a database."""
+    if task_file:
+        return TaskSpec.load_toml(task_file)
+    if ledger_file or db_url or task_id:
+        from seedfed.client.export import load_history
+
+        return load_history(db_url, task_id, ledger_file)[0]
+    raise click.ClickException("say which objective to evaluate with: --task-file, --ledger, or --db/--task")

@@ -1,0 +1,103 @@
+"""A federation inside one process, for comparing methods on one machine.
+
+It runs the coordinator's own round arithmetic (``seedfed.server.round_math``)
+and the client's own prober (``seedfed.client.worker``) with no network in
+between, so a simulated run commits exactly the rounds a real deployment with
+the same submissions would. All clients share one replica: they hold the same
+bytes by construction, and each client's provisional local steps are reverted
+exactly before the next client probes.
+
+Bytes on the wire are counted as the serialised size of the protocol
+messages each client would send and receive.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from seedfed.client.data import MinibatchSampler
+from seedfed.client.objectives import Objective
+from seedfed.client.replica import Replica
+from seedfed.client.worker import Assignment, Prober
+from seedfed.server.round_math import compute_commit, plan_round
+from seedfed.server.store import Submission
+from seedfed.shared.ledger import RoundRecord
+from seedfed.v1 import coordinator_pb2 as pb
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    round: int
+    mean_loss: float
+    entries: int
+    bytes_down_per_client: float  # RoundOpen + RoundCommit events, serialised
+    bytes_up_per_client: float  # SubmitRequest, serialised
+    seconds: float
+
+
+def _event_size(event: pb.SyncEvent) -> int:
+    # A streamed message costs its bytes plus gRPC's 5-byte length prefix.
+    return event.ByteSize() + 5
+
+
+class InProcessFederation:
+    """``client_examples[i]`` is client i's private data set."""
+
+    def __init__(
+        self,
+        replica: Replica,
+        weights: Any,
+        objective: Objective,
+        client_examples: Sequence[Sequence[Any]],
+        batch_size: int | None = None,
+        sampler_seed: int = 0,
+    ) -> None:
+        if not client_examples:
+            raise ValueError("a federation needs at least one client")
+        self.replica = replica
+        self.spec = replica.spec
+        batch = batch_size or self.spec.batch_size
+        self.client_ids = [f"client-{i}" for i in range(len(client_examples))]
+        self.probers = [
+            Prober(replica, weights, objective, MinibatchSampler(examples, batch, seed=sampler_seed + i))
+            for i, examples in enumerate(client_examples)
+        ]
+        self.weights = weights
+        self.stats: dict[int, tuple[float, int]] = {}
+        self.history: list[RoundRecord] = []
+
+    def run_round(self) -> RoundReport:
+        start = time.perf_counter()
+        round_no = self.replica.round + 1
+        plan = plan_round(self.spec, round_no, 0, self.client_ids, self.stats, opened_at=time.time())
+        submissions: list[Submission] = []
+        down = up = 0
+        for slot, (client_id, prober) in enumerate(zip(self.client_ids, self.probers)):
+            seeds = plan.seeds_of_slot(slot)
+            result = prober.work(Assignment(round_no, slot, seeds, plan.lr))
+            submissions.append(Submission(client_id, slot, result.scalars, result.loss, time.time()))
+            opened = pb.RoundOpen(round=round_no, slot=slot, seeds=seeds, deadline_unix=plan.deadline, lr=plan.lr)
+            down += _event_size(pb.SyncEvent(open=opened))
+            request = pb.SubmitRequest(task_id=self.spec.task_id, client_id=client_id, round=round_no, slot=slot, scalars=result.scalars, loss=result.loss)
+            up += request.ByteSize() + 5
+        commit = compute_commit(self.spec, plan, submissions, self.replica.head_hash)
+        record = commit.record
+        self.replica.apply(record)
+        self.weights.refresh()
+        for seed, (a, n) in commit.seed_abs.items():
+            old_a, old_n = self.stats.get(seed, (0.0, 0))
+            self.stats[seed] = (old_a + a, old_n + n)
+        self.history.append(record)
+        committed = pb.RoundCommit(round=record.round, seeds=record.seeds, steps=record.steps, hash=record.hash)
+        n = len(self.client_ids)
+        return RoundReport(
+            round=round_no,
+            mean_loss=commit.mean_loss if commit.mean_loss is not None else float("nan"),
+            entries=len(record.seeds),
+            bytes_down_per_client=down / n + _event_size(pb.SyncEvent(commit=committed)),
+            bytes_up_per_client=up / n,
+            seconds=time.perf_counter() - start,
+        )

@@ -1,0 +1,150 @@
+"""The loss every replica optimises, defined by the genesis's ``objective``.
+
+classification: the model embeds each text and each label description (mean
+pooling over the last hidden state); the logits are the cosine similarities
+divided by a fixed temperature, the loss is cross-entropy. A pretrained
+sentence encoder therefore starts as its own zero-shot classifier, and no
+new (randomly initialised) head is needed, so the parameters are exactly the
+base model's.
+
+causal_lm: instruction records are laid out as a prompt followed by the
+response; the loss is the next-token cross-entropy on the response tokens
+only.
+
+Loss functions run under ``torch.inference_mode``: zeroth-order training
+needs forward passes only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from seedfed.client.data import Instruction, LabelledText
+from seedfed.shared.taskspec import Objective as ObjectiveSpec
+
+TEMPERATURE = 0.05  # cosine similarity in [-1, 1] -> logits in [-20, 20]
+PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n\n{context}### Response:\n"
+CONTEXT_TEMPLATE = "### Context:\n{context}\n\n"
+
+
+class Objective(Protocol):
+    def loss(self, batch: Sequence[Any]) -> float: ...
+
+
+def label_texts(spec: ObjectiveSpec) -> list[str]:
+    """The label descriptions the classifier scores: each label through the template
+    (``{text}`` or ``{label}`` stands for the label)."""
+    return [spec.template.replace("{label}", lab).replace("{text}", lab) for lab in spec.labels]
+
+
+class ClassificationObjective:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, spec: ObjectiveSpec, device: torch.device | str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.labels = label_texts(spec)
+        self.max_length = spec.max_length
+        self.device = torch.device(device)
+
+    def _pooled(self, texts: Sequence[str]) -> torch.Tensor:
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        out = self.model(**enc)
+        hidden = getattr(out, "last_hidden_state", None)
+        if hidden is None:  # a model with a head: ask for its hidden states instead
+            hidden = self.model(**enc, output_hidden_states=True).hidden_states[-1]
+        mask = enc["attention_mask"].unsqueeze(-1).to(torch.float32)
+        summed = (hidden.to(torch.float32) * mask).sum(dim=1)
+        return F.normalize(summed / mask.sum(dim=1).clamp(min=1.0), dim=-1)
+
+    def logits(self, texts: Sequence[str]) -> torch.Tensor:
+        # Texts and label descriptions in one forward pass: the labels move with the weights.
+        pooled = self._pooled(list(texts) + self.labels)
+        n = len(texts)
+        return pooled[:n] @ pooled[n:].T / TEMPERATURE
+
+    @torch.inference_mode()
+    def loss(self, batch: Sequence[LabelledText]) -> float:
+        logits = self.logits([ex.text for ex in batch])
+        target = torch.tensor([ex.label for ex in batch], device=logits.device)
+        return float(F.cross_entropy(logits, target))
+
+    @torch.inference_mode()
+    def predict(self, texts: Sequence[str]) -> list[int]:
+        return self.logits(texts).argmax(dim=-1).tolist()
+
+
+class CausalLMObjective:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, spec: ObjectiveSpec, device: torch.device | str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = spec.max_length
+        self.device = torch.device(device)
+
+    @staticmethod
+    def prompt(ex: Instruction) -> str:
+        context = CONTEXT_TEMPLATE.format(context=ex.context) if ex.context.strip() else ""
+        return PROMPT_TEMPLATE.format(instruction=ex.instruction, context=context)
+
+    def encode(self, batch: Sequence[Instruction]) -> dict[str, torch.Tensor]:
+        """input_ids, attention_mask and labels (-100 outside the response), right-padded."""
+        tok = self.tokenizer
+        eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        rows: list[tuple[list[int], list[int]]] = []
+        for ex in batch:
+            prompt = tok(self.prompt(ex), add_special_tokens=False)["input_ids"]
+            response = tok(ex.response, add_special_tokens=False)["input_ids"] + eos
+            # Keep at least half the window for the response, so every example has a loss.
+            room_prompt = max(self.max_length - len(response), self.max_length // 2)
+            prompt = prompt[-room_prompt:] if room_prompt > 0 else []
+            response = response[: max(self.max_length - len(prompt), 1)]
+            rows.append((prompt, response))
+        width = max(len(p) + len(r) for p, r in rows)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        for i, (p, r) in enumerate(rows):
+            seq = p + r
+            ids[i, : len(seq)] = torch.tensor(seq)
+            mask[i, : len(seq)] = 1
+            labels[i, len(p) : len(seq)] = torch.tensor(r)
+        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device), "labels": labels.to(self.device)}
+
+    @torch.inference_mode()
+    def loss(self, batch: Sequence[Instruction]) -> float:
+        enc = self.encode(batch)
+        logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        # Shift: token t predicts token t+1; cross-entropy in float32 whatever the compute dtype.
+        return float(F.cross_entropy(logits[:, :-1].flatten(0, 1).to(torch.float32), enc["labels"][:, 1:].flatten(), ignore_index=-100))
+
+
+def build_objective(spec: ObjectiveSpec, model: torch.nn.Module, tokenizer: Any, device: torch.device | str) -> ClassificationObjective | CausalLMObjective:
+    if spec.kind == "classification":
+        return ClassificationObjective(model, tokenizer, spec, device)
+    if spec.kind == "causal_lm":
+        return CausalLMObjective(model, tokenizer, spec, device)
+    raise ValueError(f"unknown objective kind {spec.kind!r}")
+
+
+def accuracy(objective: ClassificationObjective, examples: Sequence[LabelledText], batch_size: int = 64) -> float:
+    """Fraction of examples whose highest-scoring label description is their label."""
+    correct = 0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        predicted = objective.predict([ex.text for ex in chunk])
+        correct += sum(int(p == ex.label) for p, ex in zip(predicted, chunk))
+    return correct / max(len(examples), 1)
+
+
+def mean_loss(objective: Objective, examples: Sequence[Any], batch_size: int = 32) -> float:
+    """Example-weighted mean loss over a whole data set (evaluation)."""
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        total += objective.loss(chunk) * len(chunk)
+        count += len(chunk)
+    return total / max(count, 1)

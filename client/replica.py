@@ -1,0 +1,118 @@
+"""A replica: the fixed-point model state at a known, verified position in the ledger.
+
+Every record is checked against the hash chain before it touches the state,
+and a batch of records (a catch-up) is verified as a whole before any of it
+is applied, so a tampered history leaves the replica exactly as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from seedfed.shared.ledger import LedgerError, RoundRecord, verify_chain, verify_record
+from seedfed.shared.steps import fold
+from seedfed.shared.taskspec import TaskSpec
+
+FOLD_CHUNK = 16  # seeds per engine call during a folded catch-up (progress granularity)
+
+
+class BaseDigestMismatch(RuntimeError):
+    """The base weights loaded here are not the base the task was created from."""
+
+
+@dataclass(frozen=True)
+class CatchUpStats:
+    first_round: int
+    last_round: int
+    rounds: int  # committed rounds caught up
+    replays: int  # seed replays applied to the state (<= pool size when folded)
+    folded: bool
+    seconds: float
+
+
+class Replica:
+    def __init__(self, spec: TaskSpec, state, round_no: int = 0, head_hash: bytes | None = None) -> None:
+        self.spec = spec
+        self.state = state
+        self.round = round_no
+        self.head_hash = spec.genesis_hash() if head_hash is None else head_hash
+
+    @classmethod
+    def from_base(cls, spec: TaskSpec, module, device="cpu") -> "Replica":
+        """W0 from the base module's float weights; refuses weights that are not the task's base."""
+        from seedfed.shared.state import FixedPointState
+
+        state = FixedPointState.from_module(module, spec.unit_log2, spec.task_seed, device=device)
+        digest = state.digest()
+        if digest != spec.base_digest:
+            raise BaseDigestMismatch(
+                f"the base model loaded from {spec.base_model!r} has digest {digest}, "
+                f"but task {spec.task_id!r} was created from base digest {spec.base_digest}: "
+                "load the task's base model (--model) or join the task created for this model"
+            )
+        return cls(spec, state)
+
+    def digest(self) -> str:
+        return self.state.digest()
+
+    # -- verification --------------------------------------------------------------
+    def verify(self, record: RoundRecord) -> None:
+        """LedgerError unless ``record`` is the next round of this replica's chain."""
+        verify_record(self.head_hash, record, self.round + 1)
+
+    def verify_many(self, records: Sequence[RoundRecord]) -> bytes:
+        return verify_chain(self.spec.genesis_hash(), records, first_round=self.round + 1, previous=self.head_hash)
+
+    # -- applying ------------------------------------------------------------------
+    def apply(self, record: RoundRecord) -> None:
+        self.verify(record)
+        self.state.apply(record.entries)
+        self.round, self.head_hash = record.round, record.hash
+
+    def catch_up(
+        self,
+        records: Sequence[RoundRecord],
+        fold_history: bool | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> CatchUpStats:
+        """Apply consecutive committed rounds. With a finite pool (the default when
+        ``fold_history`` is None) the rounds are folded per seed first: at most K
+        replays however many rounds were missed. ``progress(done, total)`` is
+        called as replays are applied."""
+        start = time.perf_counter()
+        first = self.round + 1
+        if not records:
+            return CatchUpStats(first, self.round, 0, 0, False, 0.0)
+        head = self.verify_many(records)  # all or nothing
+        if fold_history is None:
+            fold_history = self.spec.pool_size > 0
+        if fold_history:
+            # Integer addition is associative: one summed step per seed gives the same bytes.
+            folded = fold(r.entries for r in records)
+            items = list(folded.items())
+            total = len(items)
+            for i in range(0, total, FOLD_CHUNK):
+                self.state.apply(dict(items[i : i + FOLD_CHUNK]))
+                if progress:
+                    progress(min(i + FOLD_CHUNK, total), total)
+            replays = total
+        else:
+            total = sum(len(r.seeds) for r in records)
+            done = 0
+            for r in records:
+                self.state.apply(r.entries)
+                done += len(r.seeds)
+                if progress:
+                    progress(done, total)
+            replays = total
+        self.round, self.head_hash = records[-1].round, head
+        return CatchUpStats(first, self.round, len(records), replays, fold_history, time.perf_counter() - start)
+
+    def reset_to(self, other: "Replica") -> None:
+        """Take over another replica's position in place, so bound compute weights stay bound."""
+        if other.spec.genesis_hash() != self.spec.genesis_hash():
+            raise LedgerError("cannot reset to a replica of another task")
+        self.state.flat.copy_(other.state.flat.to(self.state.flat.device))
+        self.round, self.head_hash = other.round, other.head_hash
