@@ -107,6 +107,20 @@ def client(coordinator, task_id, data, device, cache, model, name, compute_dtype
     SIGINT or SIGTERM leaves the federation cleanly, writes a checkpoint and exits 0.
     Needs --tls-ca (TLS) or --insecure (plaintext): it never falls back to plaintext by itself.
     """
+    # Signals are caught before torch and the model load (seconds), so a stop
+    # asked for during start-up is a clean exit too, never a default SIGTERM death.
+    stop_signals: list[int] = []
+    daemon = None
+
+    def stop(signum, _frame) -> None:
+        stop_signals.append(signum)
+        if daemon is not None:
+            daemon.reporter.event("signal", signal=signal.Signals(signum).name)
+            daemon.request_stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
     from seedfed.server.tls import TransportError, check_client_transport
 
     try:  # before anything slow is loaded
@@ -133,13 +147,9 @@ def client(coordinator, task_id, data, device, cache, model, name, compute_dtype
     )
     reporter = Reporter(quiet=quiet, events_path=events)
     daemon = ClientDaemon(config, reporter)
-
-    def stop(signum, _frame) -> None:
+    for signum in stop_signals:  # arrived while loading
         reporter.event("signal", signal=signal.Signals(signum).name)
         daemon.request_stop()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
     try:
         code = daemon.run()
     except (ClientError, BaseDigestMismatch, ModelLoadError, DataError, TaskSpecError, LedgerError) as exc:
