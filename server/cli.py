@@ -222,6 +222,8 @@ def status(address: str, task_id: str, timeout: float, token: str | None, token_
         except (OSError, ValueError) as exc:
             raise click.ClickException(f"cannot read metrics at {metrics_url}: {exc}") from None
     table = Table(title=f"seedfed coordinator {address}", show_header=False)
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", overflow="fold")  # a hash is folded onto two lines, never cut
     for key, value in [
         ("task", s.task_id),
         ("head round", str(s.head_round)),

@@ -65,7 +65,7 @@ def ledger() -> None:
 def show(db_url: str, task_id: str | None, ledger_file: str | None, last: int) -> None:
     """Genesis summary, size and the newest rounds."""
     spec, records = load_history(db_url, task_id, ledger_file)
-    console = Console()
+    console = Console(soft_wrap=True)  # hashes stay on one line, to be copied whole
     total = sum(record_bytes(r) for r in records)
     entries = sum(len(r.seeds) for r in records)
     console.print(f"task [bold]{spec.task_id}[/] base {spec.base_model} (digest {spec.base_digest[:16]}...)")
