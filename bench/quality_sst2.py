@@ -213,13 +213,16 @@ def write_report(rows: list[Row], args, out: Path) -> None:
         f"template '{TEMPLATE}', {args.threads or torch.get_num_threads()} CPU threads per row"
     )
     lines = [
-        "| method | dev accuracy | forward examples | bytes up / client | bytes down / client | wall time | notes |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| method | dev accuracy | best on the curve (step) | forward examples | bytes up / client | bytes down / client | wall time | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         up = f"{r.bytes_up_per_client:,.0f}" if r.bytes_up_per_client else "-"
         down = f"{r.bytes_down_per_client:,.0f}" if r.bytes_down_per_client else "-"
-        lines.append(f"| {r.name} | {100 * r.final_accuracy:.2f}% | {r.forward_examples:,} | {up} | {down} | {r.seconds:,.0f} s | {r.notes} |")
+        best_step, best = max(r.curve, key=lambda c: c[1]) if r.curve else (0, r.final_accuracy)
+        lines.append(
+            f"| {r.name} | {100 * r.final_accuracy:.2f}% | {100 * best:.2f}% ({best_step}) | {r.forward_examples:,} | {up} | {down} | {r.seconds:,.0f} s | {r.notes} |"
+        )
     table = "\n".join(lines)
     (out / "quality_sst2.md").write_text(f"# SST-2 quality benchmark\n\nHyperparameters: {hp}.\n\n{table}\n\n![dev accuracy](quality_sst2.png)\n")
     (out / "quality_sst2.json").write_text(json.dumps({"hyperparameters": vars(args) | {"data": str(args.data), "out": str(args.out)}, "rows": [r.__dict__ for r in rows]}, indent=1, default=str))
