@@ -83,7 +83,7 @@ def run_mezo(model, tokenizer, train, dev, args, spec_obj) -> Row:
     objective = ClassificationObjective(model, tokenizer, spec_obj, "cpu")
     params = [p for p in model.parameters() if p.requires_grad]
     rng = random.Random(args.seed)
-    row = Row("mezo (centralised, Gaussian)")
+    row = Row("mezo (centralised, Gaussian)", notes=f"lr {args.lr}")
     row.curve.append((0, evaluate(objective, dev)))
     start = time.perf_counter()
 
