@@ -109,14 +109,18 @@ def client(coordinator, task_id, data, device, cache, model, name, compute_dtype
     """
     # Signals are caught before torch and the model load (seconds), so a stop
     # asked for during start-up is a clean exit too, never a default SIGTERM death.
-    stop_signals: list[int] = []
+    early_signals: list[int] = []  # arrived before the daemon existed
     daemon = None
 
+    def forward(signum: int) -> None:
+        daemon.reporter.event("signal", signal=signal.Signals(signum).name)
+        daemon.request_stop()
+
     def stop(signum, _frame) -> None:
-        stop_signals.append(signum)
-        if daemon is not None:
-            daemon.reporter.event("signal", signal=signal.Signals(signum).name)
-            daemon.request_stop()
+        if daemon is None:
+            early_signals.append(signum)
+        else:
+            forward(signum)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
@@ -147,9 +151,8 @@ def client(coordinator, task_id, data, device, cache, model, name, compute_dtype
     )
     reporter = Reporter(quiet=quiet, events_path=events)
     daemon = ClientDaemon(config, reporter)
-    for signum in stop_signals:  # arrived while loading
-        reporter.event("signal", signal=signal.Signals(signum).name)
-        daemon.request_stop()
+    for signum in early_signals:
+        forward(signum)
     try:
         code = daemon.run()
     except (ClientError, BaseDigestMismatch, ModelLoadError, DataError, TaskSpecError, LedgerError) as exc:
