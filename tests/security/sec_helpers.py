@@ -17,6 +17,8 @@ from seedfed.server.app import start_coordinator
 from seedfed.server.engine import EngineConfig
 from seedfed.server.hardening import Hardening
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
+import spec_factory
+from spec_factory import BASE_DIGEST  # noqa: F401 - re-exported to the security tests
 
 
 # -- certificates --------------------------------------------------------------------
@@ -176,29 +178,8 @@ async def hardened(db_url: str, specs, *, certs: Certs | None = None, auth: bool
 
 # -- tasks --------------------------------------------------------------------------------
 
-BASE_DIGEST = "ab" * 32
-
-
 def make_spec(**overrides):  # noqa: ANN001, ANN201
-    import dataclasses
-
-    from seedfed.shared.taskspec import Objective, TaskSpec
-
-    base = TaskSpec(
-        task_id="sec",
-        base_model="tiny-model",
-        base_digest=BASE_DIGEST,
-        manifest_digest="cd" * 32,
-        unit_log2=-20,
-        task_seed=4242,
-        objective=Objective(kind="classification", labels=("negative", "positive")),
-        lr=1e-3,
-        pool_size=64,
-        local_steps=4,
-        min_clients=1,
-        round_deadline_s=5.0,
-    )
-    return dataclasses.replace(base, **overrides).validate()
+    return spec_factory.make_spec(**{"task_id": "sec", "task_seed": 4242, **overrides})
 
 
 def reason_of(exc: grpc.RpcError) -> str:

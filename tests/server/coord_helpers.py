@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -14,30 +13,11 @@ import grpc
 from seedfed.server.app import RunningCoordinator, start_coordinator
 from seedfed.server.engine import EngineConfig
 from seedfed.server.loadclient import ScriptedClient
-from seedfed.shared.taskspec import Objective, TaskSpec
+from seedfed.shared.taskspec import TaskSpec
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
+from spec_factory import BASE_DIGEST, make_spec  # noqa: F401 - re-exported to the coordinator tests
 
 T = TypeVar("T")
-BASE_DIGEST = "ab" * 32
-
-
-def make_spec(**overrides: Any) -> TaskSpec:
-    base = TaskSpec(
-        task_id="t1",
-        base_model="tiny-model",
-        base_digest=BASE_DIGEST,
-        manifest_digest="cd" * 32,
-        unit_log2=-20,
-        task_seed=12345,
-        objective=Objective(kind="classification", labels=("negative", "positive")),
-        lr=1e-3,
-        pool_size=64,
-        local_steps=4,
-        min_clients=1,
-        round_deadline_s=5.0,
-    )
-    # through the canonical form, so that 60 and 60.0 give one genesis hash
-    return TaskSpec.from_canonical(dataclasses.replace(base, **overrides).canonical_bytes())
 
 
 def run(coro: Awaitable[T], timeout: float = 120.0) -> T:
