@@ -83,7 +83,7 @@ def run_mezo(model, tokenizer, train, dev, args, spec_obj) -> Row:
     objective = ClassificationObjective(model, tokenizer, spec_obj, "cpu")
     params = [p for p in model.parameters() if p.requires_grad]
     rng = random.Random(args.seed)
-    row = Row("mezo (centralised, Gaussian)", notes=f"lr {args.lr}")
+    row = Row(f"mezo (centralised, Gaussian, lr {args.lr:g})")
     row.curve.append((0, evaluate(objective, dev)))
     start = time.perf_counter()
 
@@ -235,7 +235,7 @@ def write_report(rows: list[Row], args, out: Path) -> None:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for r in rows:
             if len(r.curve) > 1 and not r.name.startswith("first-order"):
-                ax.plot([s for s, _ in r.curve], [100 * a for _, a in r.curve], marker="o", ms=3, label=f"{r.name}, {r.notes}" if r.name.startswith("mezo") else r.name)
+                ax.plot([s for s, _ in r.curve], [100 * a for _, a in r.curve], marker="o", ms=3, label=r.name)
         zs = [r for r in rows if r.name == "zero-shot"]
         if zs:
             ax.axhline(100 * zs[0].final_accuracy, color="grey", ls="--", lw=1, label="zero-shot")
