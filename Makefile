@@ -33,6 +33,10 @@ test-fast:
 run: install
 	$(VENV)/bin/seedfed simulate
 
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 bench:
 	$(PY) bench/replay.py
 	$(PY) bench/probe.py

@@ -71,7 +71,9 @@ def make_spec(model_dir: Path, pool_size: int = 64, **fields):
     from seedfed.client.genesis import genesis_for_model
     from seedfed.shared.taskspec import Objective
 
-    return genesis_for_model(str(model_dir), "bench", Objective(kind="causal_lm", max_length=128), task_seed=1, pool_size=pool_size, **fields)
+    return genesis_for_model(
+        str(model_dir), "bench", Objective(kind="causal_lm", max_length=128), task_seed=1, pool_size=pool_size, **fields
+    )
 
 
 def synthetic_history(spec, rounds: int, seeds_per_round: int, seed: int = 0):
@@ -96,7 +98,9 @@ def bench_catchup(rounds_list: list[int], seeds_per_round: int, workdir: Path, n
     from seedfed.client.model import load_base
     from seedfed.client.replica import Replica
 
-    model_dir = make_model_dir(workdir / "catchup-model", vocab_size=4096, n_positions=128, n_embd=n_embd, n_layer=n_layer, n_head=4)
+    model_dir = make_model_dir(
+        workdir / "catchup-model", vocab_size=4096, n_positions=128, n_embd=n_embd, n_layer=n_layer, n_head=4
+    )
     spec = make_spec(model_dir)
     module = load_base(str(model_dir), "causal_lm").module
     history = synthetic_history(spec, max(rounds_list), seeds_per_round)
@@ -116,10 +120,19 @@ def bench_catchup(rounds_list: list[int], seeds_per_round: int, workdir: Path, n
             digests[fold] = replica.digest()
             del replica
         assert digests[True] == digests[False], "folded and sequential catch-up disagree"
-        row = {"missed": n, "folded_s": timings[True][0], "folded_replays": timings[True][1], "sequential_s": timings[False][0], "sequential_replays": timings[False][1]}
+        row = {
+            "missed": n,
+            "folded_s": timings[True][0],
+            "folded_replays": timings[True][1],
+            "sequential_s": timings[False][0],
+            "sequential_replays": timings[False][1],
+        }
         row["speedup"] = row["sequential_s"] / row["folded_s"]
         rows.append(row)
-        print(f"{n:>8} {row['folded_s']:>9.3f} {row['folded_replays']:>8} {row['sequential_s']:>13.3f} {row['sequential_replays']:>8} {row['speedup']:>8.1f}x")
+        print(
+            f"{n:>8} {row['folded_s']:>9.3f} {row['folded_replays']:>8} "
+            f"{row['sequential_s']:>13.3f} {row['sequential_replays']:>8} {row['speedup']:>8.1f}x"
+        )
     flat = rows[-1]["folded_s"] / rows[0]["folded_s"]
     verdict = "PASS" if flat <= 2.0 else "FAIL"
     print(f"folded catch-up, {rows[-1]['missed']} vs {rows[0]['missed']} missed rounds: {flat:.2f}x (target <= 2x: {verdict})")
@@ -153,7 +166,7 @@ from seedfed.client.model import load_base
 from seedfed.client.objectives import build_objective
 from seedfed.client.replica import Replica
 from seedfed.client.worker import Assignment, Prober
-from seedfed.shared.state import ComputeWeights
+from seedfed.client.engine.state import ComputeWeights
 from seedfed.shared.taskspec import TaskSpec
 spec = TaskSpec.load_toml(sys.argv[1])
 base = load_base(sys.argv[2], "causal_lm")

@@ -33,8 +33,8 @@ import uuid
 from pathlib import Path
 
 import grpc
+from loadclient import ScriptedClient
 
-from seedfed.server.loadclient import ScriptedClient
 from seedfed.shared.taskspec import Objective, TaskSpec
 from seedfed.v1 import coordinator_pb2 as pb
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
@@ -50,9 +50,19 @@ def fedkseed_bytes(pool_size: int, local_steps: int) -> int:
 
 def make_spec(n_clients: int, rounds: int, pool_size: int, local_steps: int) -> TaskSpec:
     spec = TaskSpec(
-        task_id="load", base_model="bench-model", base_digest="ab" * 32, manifest_digest="cd" * 32, unit_log2=-20, task_seed=7,
+        task_id="load",
+        base_model="bench-model",
+        base_digest="ab" * 32,
+        manifest_digest="cd" * 32,
+        unit_log2=-20,
+        task_seed=7,
         objective=Objective(kind="classification", labels=("negative", "positive")),
-        lr=1e-4, pool_size=pool_size, local_steps=local_steps, min_clients=n_clients, round_deadline_s=120.0, max_rounds=rounds,
+        lr=1e-4,
+        pool_size=pool_size,
+        local_steps=local_steps,
+        min_clients=n_clients,
+        round_deadline_s=120.0,
+        max_rounds=rounds,
     )
     return TaskSpec.from_canonical(spec.canonical_bytes())
 
@@ -143,16 +153,34 @@ async def run_clients(port: int, spec: TaskSpec, n: int, rounds: int) -> dict[st
     }
 
 
-def one_config(backend: str, pg_url: str, n: int, rounds: int, pool_size: int, local_steps: int, workdir: Path) -> dict[str, float]:
+def one_config(
+    backend: str, pg_url: str, n: int, rounds: int, pool_size: int, local_steps: int, workdir: Path
+) -> dict[str, float]:
     spec = make_spec(n, rounds, pool_size, local_steps)
     task_file = workdir / "task.toml"
     task_file.write_text(spec.to_toml())
     with Backend(backend, pg_url, workdir) as db:
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "seedfed.server", "--task", str(task_file), "--db", db, "--listen", f"127.0.0.1:{port}",
-             "--lease-seconds", "120", "--log-level", "warning", "--insecure", "--no-auth"],
-            stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "seedfed.server",
+                "--task",
+                str(task_file),
+                "--db",
+                db,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--lease-seconds",
+                "120",
+                "--log-level",
+                "warning",
+                "--insecure",
+                "--no-auth",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         try:
             line = proc.stdout.readline()
@@ -179,7 +207,10 @@ def main() -> None:
     baseline = fedkseed_bytes(args.pool_size, args.local_steps)
     print(f"seedfed coordinator load, K={args.pool_size}, {args.local_steps} local steps, loopback, {os.cpu_count()} cores")
     print(f"FedKSeed per client per round: 4 B x {args.pool_size} seeds down + 8 B x {args.local_steps} steps up = {baseline} B")
-    header = f"{'backend':9} {'clients':>7} {'joins/s':>7} {'rounds':>6} {'rounds/s':>8} {'submit p50':>10} {'submit p99':>10} {'round p99':>10} {'commit p99':>10} {'streams':>9} {'B/client/round':>14} {'FedKSeed B':>10} {'ratio':>6}"
+    header = (
+        f"{'backend':9} {'clients':>7} {'joins/s':>7} {'rounds':>6} {'rounds/s':>8} {'submit p50':>10} {'submit p99':>10} "
+        f"{'round p99':>10} {'commit p99':>10} {'streams':>9} {'B/client/round':>14} {'FedKSeed B':>10} {'ratio':>6}"
+    )
     print(header)
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,8 +220,10 @@ def main() -> None:
                 ratio = res["wire_bytes"] / baseline
                 ok &= res["streams_held"] == n and res["online"] == n and ratio <= 0.25
                 print(
-                    f"{backend:9} {n:7d} {n / res['join_s']:7.0f} {r:6d} {res['rounds_per_s']:8.2f} {res['submit_p50_ms']:8.1f}ms {res['submit_p99_ms']:8.1f}ms"
-                    f" {res['round_p99_ms']:8.1f}ms {res['commit_p99_ms']:8.1f}ms {int(res['streams_held']):4d}/{n:<4d} {res['wire_bytes']:14.0f}"
+                    f"{backend:9} {n:7d} {n / res['join_s']:7.0f} {r:6d} "
+                    f"{res['rounds_per_s']:8.2f} {res['submit_p50_ms']:8.1f}ms {res['submit_p99_ms']:8.1f}ms"
+                    f" {res['round_p99_ms']:8.1f}ms {res['commit_p99_ms']:8.1f}ms "
+                    f"{int(res['streams_held']):4d}/{n:<4d} {res['wire_bytes']:14.0f}"
                     f" {baseline:10d} {ratio:6.3f}",
                     flush=True,
                 )

@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from seedfed.shared.probe import probe
-from seedfed.shared.state import ComputeWeights, FixedPointState, choose_unit_log2
+from seedfed.client.engine.probe import probe
+from seedfed.client.engine.state import ComputeWeights, FixedPointState, choose_unit_log2
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         loss_fn()
 
     digest = state.digest()
-    print(f"model: GPT-2 {args.layers} layers, {state.manifest.total:,} parameters, {args.dtype} compute weights, device {device}, {torch.get_num_threads()} threads")
+    print(
+        f"model: GPT-2 {args.layers} layers, {state.manifest.total:,} parameters, "
+        f"{args.dtype} compute weights, device {device}, {torch.get_num_threads()} threads"
+    )
     print(f"batch: {args.batch} x {args.seq} tokens")
     # warm-up: allocator, kernels, and the compiled perturb pass
     t = time.perf_counter()

@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from seedfed.client.data import LabelledText, read_classification
-from seedfed.client.inprocess import InProcessFederation
+from seedfed.client.engine.state import ComputeWeights
 from seedfed.client.model import describe_base
 from seedfed.client.objectives import ClassificationObjective, accuracy
 from seedfed.client.replica import Replica
-from seedfed.client.split import dirichlet_split
-from seedfed.shared.state import ComputeWeights
+from seedfed.client.simulate.inprocess import InProcessFederation
+from seedfed.client.simulate.split import dirichlet_split
 from seedfed.shared.taskspec import Objective, TaskSpec
 
 LABELS = ("negative", "positive")
@@ -146,7 +146,9 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
     else:
         parts = dirichlet_split([ex.label for ex in train], n_clients, alpha=args.alpha, seed=args.seed)
         split = f"Dirichlet alpha={args.alpha}"
-    fed = InProcessFederation(replica, weights, objective, [[train[i] for i in p] for p in parts], batch_size=per_client_batch, sampler_seed=args.seed)
+    fed = InProcessFederation(
+        replica, weights, objective, [[train[i] for i in p] for p in parts], batch_size=per_client_batch, sampler_seed=args.seed
+    )
     name = f"seedfed, {n_clients} client{'s' if n_clients > 1 else ''}"
     row = Row(name, notes=f"{split}, batch {per_client_batch} per client, K={args.pool}")
     row.curve.append((0, evaluate(objective, dev)))
@@ -213,7 +215,8 @@ def write_report(rows: list[Row], args, out: Path) -> None:
         f"template '{TEMPLATE}', {args.threads or torch.get_num_threads()} CPU threads per row"
     )
     lines = [
-        "| method | dev accuracy | best on the curve (step) | forward examples | bytes up / client | bytes down / client | wall time | notes |",
+        "| method | dev accuracy | best on the curve (step) | forward "
+        "examples | bytes up / client | bytes down / client | wall time | notes |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
@@ -221,11 +224,20 @@ def write_report(rows: list[Row], args, out: Path) -> None:
         down = f"{r.bytes_down_per_client:,.0f}" if r.bytes_down_per_client else "-"
         best_step, best = max(r.curve, key=lambda c: c[1]) if r.curve else (0, r.final_accuracy)
         lines.append(
-            f"| {r.name} | {100 * r.final_accuracy:.2f}% | {100 * best:.2f}% ({best_step}) | {r.forward_examples:,} | {up} | {down} | {r.seconds:,.0f} s | {r.notes} |"
+            f"| {r.name} | {100 * r.final_accuracy:.2f}% | {100 * best:.2f}% "
+            f"({best_step}) | {r.forward_examples:,} | {up} | {down} | {r.seconds:,.0f} s | {r.notes} |"
         )
     table = "\n".join(lines)
-    (out / "quality_sst2.md").write_text(f"# SST-2 quality benchmark\n\nHyperparameters: {hp}.\n\n{table}\n\n![dev accuracy](quality_sst2.png)\n")
-    (out / "quality_sst2.json").write_text(json.dumps({"hyperparameters": vars(args) | {"data": str(args.data), "out": str(args.out)}, "rows": [r.__dict__ for r in rows]}, indent=1, default=str))
+    (out / "quality_sst2.md").write_text(
+        f"# SST-2 quality benchmark\n\nHyperparameters: {hp}.\n\n{table}\n\n![dev accuracy](quality_sst2.png)\n"
+    )
+    (out / "quality_sst2.json").write_text(
+        json.dumps(
+            {"hyperparameters": vars(args) | {"data": str(args.data), "out": str(args.out)}, "rows": [r.__dict__ for r in rows]},
+            indent=1,
+            default=str,
+        )
+    )
     try:
         import matplotlib
 

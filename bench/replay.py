@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from seedfed.shared import philox
-from seedfed.shared.manifest import Manifest, Slot
-from seedfed.shared.state import FixedPointState
+from seedfed.client.engine import philox
+from seedfed.client.engine.manifest import Manifest, Slot
+from seedfed.client.engine.state import FixedPointState
 
 
 def gpt2_small_shapes() -> list[tuple[str, tuple[int, ...]]]:
@@ -95,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     shapes = shapes_for(args.params)
     state = make_state(shapes, device)
     n = state.manifest.total
-    print(f"state: {n:,} parameters in {len(shapes)} tensors, int32, device {device}, torch {torch.__version__}, {torch.get_num_threads()} torch threads (seedfed's CPU kernels: SEEDFED_CPU_THREADS={philox._cpu_threads()})")
+    print(
+        f"state: {n:,} parameters in {len(shapes)} tensors, int32, device {device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads (seedfed's CPU kernels: SEEDFED_CPU_THREADS={philox._cpu_threads()})"
+    )
 
     # seedfed, compiled (first call compiles; timed separately)
     os.environ["SEEDFED_COMPILE"] = "1"
@@ -113,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     # (b) one plain memory pass over the same int32 tensor
     other = torch.ones_like(state.flat)
     memory = [timed(lambda: state.flat.add_(other), device) for _ in range(args.repeats)]
-    del other
 
     # (a) MeZO / FedKSeed replay over float32 parameters of the same shapes
     params = [torch.zeros(shape, dtype=torch.float32, device=device) for _, shape in shapes]
@@ -129,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     mezo = [timed(lambda: mezo_replay(next(seeds)), device) for _ in range(args.baseline_repeats)]
 
     t_seed, t_mem, t_mezo = statistics.median(compiled), statistics.median(memory), statistics.median(mezo)
-    print(f"seedfed replay (compiled): {t_seed * 1e3:9.1f} ms  ({1 / t_seed:7.2f} replays/s; first call incl. compile {warm:.1f} s)")
+    print(
+        f"seedfed replay (compiled): {t_seed * 1e3:9.1f} ms  ({1 / t_seed:7.2f} replays/s; first call incl. compile {warm:.1f} s)"
+    )
     if eager:
         t_eager = statistics.median(eager)
         print(f"seedfed replay (eager):    {t_eager * 1e3:9.1f} ms  ({1 / t_eager:7.2f} replays/s)")

@@ -75,14 +75,19 @@ class CheckpointStore:
 
     def load(self, round_no: int, device="cpu") -> Replica:
         """The checkpoint of ``round_no``, verified; raises CheckpointError."""
-        from seedfed.shared.state import FixedPointState
+        from seedfed.client.engine.state import FixedPointState
 
         path = self.path_for(round_no)
         try:
             state, meta = FixedPointState.load(str(path), device)
         except Exception as exc:  # a truncated or foreign file: any reader error means unusable
             raise CheckpointError(f"{path}: unreadable checkpoint: {exc}") from None
-        want = {"format": FORMAT, "task_id": self.spec.task_id, "genesis_hash": self.spec.genesis_hash().hex(), "round": str(round_no)}
+        want = {
+            "format": FORMAT,
+            "task_id": self.spec.task_id,
+            "genesis_hash": self.spec.genesis_hash().hex(),
+            "round": str(round_no),
+        }
         for key, value in want.items():
             if meta.get(key) != value:
                 raise CheckpointError(f"{path}: {key} is {meta.get(key)!r}, expected {value!r}")
@@ -92,7 +97,9 @@ class CheckpointStore:
             raise CheckpointError(f"{path}: parameter manifest differs from the task's")
         digest = state.digest()
         if digest != meta.get("digest"):
-            raise CheckpointError(f"{path}: state digest {digest[:16]}... does not match the recorded {str(meta.get('digest'))[:16]}...")
+            raise CheckpointError(
+                f"{path}: state digest {digest[:16]}... does not match the recorded {str(meta.get('digest'))[:16]}..."
+            )
         try:
             head_hash = bytes.fromhex(meta["head_hash"])
         except (KeyError, ValueError):

@@ -26,7 +26,9 @@ def _parse_set(pairs: tuple[str, ...]) -> dict[str, object]:
         key, sep, raw = pair.partition("=")
         key = key.strip()
         if not sep or key not in fields:
-            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}", param_hint="--set")
+            raise click.BadParameter(
+                f"{pair!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}", param_hint="--set"
+            )
         try:
             out[key] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
@@ -39,7 +41,12 @@ def _parse_set(pairs: tuple[str, ...]) -> dict[str, object]:
 @click.option("--task-id", required=True, help="Name of the task (1-64 of A-Z a-z 0-9 _ . -).")
 @click.option("--objective", type=click.Choice(["classification", "causal_lm"]), default="classification", show_default=True)
 @click.option("--labels", default="", help='Label descriptions for classification, comma-separated, e.g. "negative,positive".')
-@click.option("--template", default="{text}", show_default=True, help="How a label becomes the text the model embeds; {text} stands for the label.")
+@click.option(
+    "--template",
+    default="{text}",
+    show_default=True,
+    help="How a label becomes the text the model embeds; {text} stands for the label.",
+)
 @click.option("--max-length", type=int, default=128, show_default=True, help="Tokens per example.")
 @click.option("--task-seed", type=int, default=None, help="32-bit key of the generator (default: random).")
 @click.option("--unit-log2", type=int, default=None, help="Fixed-point unit 2**N (default: chosen from the weights).")
@@ -54,7 +61,9 @@ def _parse_set(pairs: tuple[str, ...]) -> dict[str, object]:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other genesis field, e.g. --set digest_every=1.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="task.toml", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-def init_task(model_ref, task_id, objective, labels, template, max_length, task_seed, unit_log2, output, force, sets, **overrides) -> None:
+def init_task(
+    model_ref, task_id, objective, labels, template, max_length, task_seed, unit_log2, output, force, sets, **overrides
+) -> None:
     """Write a task file (the genesis) for a base model.
 
     Loads the model, computes its parameter manifest, the fixed-point unit and
@@ -68,10 +77,14 @@ def init_task(model_ref, task_id, objective, labels, template, max_length, task_
         raise click.ClickException(f"{output} exists; pass --force to overwrite it")
     label_list = tuple(x.strip() for x in labels.split(",") if x.strip())
     if objective == "classification" and len(label_list) < 2:
-        raise click.ClickException('a classification task needs --labels with at least two descriptions, e.g. --labels "negative,positive"')
+        raise click.ClickException(
+            'a classification task needs --labels with at least two descriptions, e.g. --labels "negative,positive"'
+        )
     fields: dict[str, object] = {k: v for k, v in overrides.items() if v is not None}
     fields.update(_parse_set(sets))
-    obj = Objective(kind=objective, labels=label_list if objective == "classification" else (), template=template, max_length=max_length)
+    obj = Objective(
+        kind=objective, labels=label_list if objective == "classification" else (), template=template, max_length=max_length
+    )
     try:
         spec = genesis_for_model(model_ref, task_id, obj, task_seed=task_seed, unit_log2=unit_log2, **fields)
     except ModelLoadError as exc:
@@ -87,21 +100,60 @@ def init_task(model_ref, task_id, objective, labels, template, max_length, task_
 @click.command("client")
 @click.option("--coordinator", required=True, metavar="HOST:PORT", help="Address of the coordinator.")
 @click.option("--task", "task_id", required=True, help="Task id to join.")
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Local training data (TSV/CSV/JSONL); never leaves this device.")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Local training data (TSV/CSV/JSONL); never leaves this device.",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--cache", required=True, type=click.Path(file_okay=False), help="Directory for local checkpoints.")
 @click.option("--model", default=None, help="Base model directory or id (default: the task's base_model).")
-@click.option("--name", default=None, help="Stable device name; a restart under the same name keeps its identity (default: derived from --cache).")
+@click.option(
+    "--name",
+    default=None,
+    help="Stable device name; a restart under the same name keeps its identity (default: derived from --cache).",
+)
 @click.option("--compute-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True)
-@click.option("--checkpoint-every", type=int, default=10, show_default=True, help="Rounds between local checkpoints (and one on exit).")
+@click.option(
+    "--checkpoint-every", type=int, default=10, show_default=True, help="Rounds between local checkpoints (and one on exit)."
+)
 @click.option("--data-seed", type=int, default=None, help="Seed of the local minibatch sampler (default: derived from the name).")
 @click.option("--until-round", type=int, default=None, help="Leave after applying this round (for scripted runs).")
-@click.option("--token", default=None, help="Client token issued by the coordinator's operator (better: env SEEDFED_CLIENT_TOKEN; arguments show in ps). Join under the token's name.")
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None, help="CA certificate of the coordinator (TLS).")
-@click.option("--insecure", is_flag=True, help="Plaintext connection, to a coordinator started with --insecure (a trusted network only).")
+@click.option(
+    "--token",
+    default=None,
+    help=(
+        "Client token issued by the coordinator's operator (better: env "
+        "SEEDFED_CLIENT_TOKEN; arguments show in ps). Join under the token's name."
+    ),
+)
+@click.option(
+    "--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None, help="CA certificate of the coordinator (TLS)."
+)
+@click.option(
+    "--insecure", is_flag=True, help="Plaintext connection, to a coordinator started with --insecure (a trusted network only)."
+)
 @click.option("--events", type=click.Path(dir_okay=False), default=None, help="Append every event as a JSON line to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
-def client(coordinator, task_id, data, device, cache, model, name, compute_dtype, checkpoint_every, data_seed, until_round, token, tls_ca, insecure, events, quiet) -> None:
+def client(
+    coordinator,
+    task_id,
+    data,
+    device,
+    cache,
+    model,
+    name,
+    compute_dtype,
+    checkpoint_every,
+    data_seed,
+    until_round,
+    token,
+    tls_ca,
+    insecure,
+    events,
+    quiet,
+) -> None:
     """Run an edge client: follow the task's ledger, probe local data, submit one byte per scalar.
 
     SIGINT or SIGTERM leaves the federation cleanly, writes a checkpoint and exits 0.
@@ -125,12 +177,14 @@ def client(coordinator, task_id, data, device, cache, model, name, compute_dtype
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
 
-    from seedfed.server.tls import TransportError, check_client_transport
+    from seedfed.shared.tls import TransportError, check_client_transport
 
     try:  # before anything slow is loaded
         check_client_transport(tls_ca, insecure)
     except TransportError as exc:
         raise click.UsageError(str(exc)) from None
+
+    from transformers.utils import logging as hf_logging
 
     from seedfed.client.daemon import ClientConfig, ClientDaemon, ClientError
     from seedfed.client.data import DataError
@@ -139,15 +193,26 @@ def client(coordinator, task_id, data, device, cache, model, name, compute_dtype
     from seedfed.client.replica import BaseDigestMismatch
     from seedfed.shared.ledger import LedgerError
 
-    from transformers.utils import logging as hf_logging
-
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
     hf_logging.set_verbosity_error()  # the client reports its own progress; no loader bars in between
     hf_logging.disable_progress_bar()
     config = ClientConfig(
-        coordinator=coordinator, task_id=task_id, data=data, cache=cache, device=device, model=model, name=name,
-        compute_dtype=compute_dtype, checkpoint_every=checkpoint_every, data_seed=data_seed, until_round=until_round,
-        token=token, tls_ca=tls_ca, insecure=insecure,
+        coordinator=coordinator,
+        task_id=task_id,
+        data=data,
+        cache=cache,
+        device=device,
+        model=model,
+        name=name,
+        compute_dtype=compute_dtype,
+        checkpoint_every=checkpoint_every,
+        data_seed=data_seed,
+        until_round=until_round,
+        token=token,
+        tls_ca=tls_ca,
+        insecure=insecure,
     )
     reporter = Reporter(quiet=quiet, events_path=events)
     daemon = ClientDaemon(config, reporter)

@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a ledger range of many rounds fits comfortably
-# What the coordinator accepts (server/app.py MAX_REQUEST_BYTES): a larger request fails here, not on the wire.
-MAX_REQUEST_BYTES = 64 * 1024
+from seedfed.shared.wire import MAX_CLIENT_RECEIVE_BYTES, MAX_REQUEST_BYTES
 
 # Keepalive pings find a dead peer (a vanished coordinator, a dropped NAT entry)
 # on an otherwise idle Sync stream. The coordinator must permit pings this often.
@@ -61,10 +59,15 @@ class _Details(grpc.ClientCallDetails):
 
 
 def open_channel(config: ChannelConfig) -> grpc.Channel:
-    options = list(KEEPALIVE_OPTIONS) + [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
-    ] + list(config.options)
+    options = (
+        list(KEEPALIVE_OPTIONS)
+        + [
+            ("grpc.max_receive_message_length", MAX_CLIENT_RECEIVE_BYTES),
+            # a request larger than the coordinator accepts fails here, not on the wire
+            ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
+        ]
+        + list(config.options)
+    )
     if config.tls_ca:
         with open(config.tls_ca, "rb") as fh:
             credentials = grpc.ssl_channel_credentials(root_certificates=fh.read())
@@ -113,14 +116,3 @@ FATAL = frozenset(
 def is_retryable(exc: grpc.RpcError) -> bool:
     code = exc.code() if hasattr(exc, "code") else None
     return code not in FATAL
-
-
-def reason_of(exc: grpc.RpcError) -> str:
-    """The machine-readable refusal reason from trailing metadata (``seedfed-reason``), if any."""
-    try:
-        for key, value in exc.trailing_metadata() or ():
-            if key == "seedfed-reason":
-                return value if isinstance(value, str) else value.decode()
-    except Exception:  # not every RpcError carries trailers
-        pass
-    return ""

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 
 from seedfed.client.checkpoints import CheckpointStore
-from seedfed.client.connection import Backoff, ChannelConfig, is_retryable, open_channel, reason_of
+from seedfed.client.connection import Backoff, ChannelConfig, is_retryable, open_channel
 from seedfed.client.data import MinibatchSampler, read_examples
 from seedfed.client.model import load_base, resolve_device
 from seedfed.client.objectives import build_objective
@@ -31,6 +31,7 @@ from seedfed.client.stream import END, EventStream
 from seedfed.client.worker import Prober, assignment_from
 from seedfed.shared.ledger import LedgerError, RoundRecord
 from seedfed.shared.taskspec import TaskSpec, TaskSpecError
+from seedfed.shared.wire import genesis_from, reason_of, record_of
 from seedfed.v1 import coordinator_pb2 as pb
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -81,23 +82,6 @@ class Counters:
         with self.lock:
             self.bytes_sent += sent
             self.bytes_received += received
-
-
-def genesis_from(message: pb.Genesis, task_id: str) -> TaskSpec:
-    """Parse and verify a genesis: its hash, its canonical form, its task id."""
-    want = hashlib.sha256(b"seedfed-genesis-v1\0" + message.canonical).digest()
-    if want != message.hash:
-        raise LedgerError("the genesis sent by the coordinator does not match its hash")
-    spec = TaskSpec.from_canonical(message.canonical)
-    if spec.genesis_hash() != message.hash:
-        raise LedgerError("the genesis sent by the coordinator is not in canonical form")
-    if spec.task_id != task_id:
-        raise LedgerError(f"asked for task {task_id!r}, the coordinator sent the genesis of {spec.task_id!r}")
-    return spec
-
-
-def record_from(commit: pb.RoundCommit) -> RoundRecord:
-    return RoundRecord(int(commit.round), tuple(int(s) for s in commit.seeds), tuple(int(q) for q in commit.steps), bytes(commit.hash))
 
 
 class ClientDaemon:
@@ -197,9 +181,9 @@ class ClientDaemon:
 
     def _prepare(self, device) -> None:
         """Load the base, check its digest, resume from the newest verified checkpoint, bind compute weights."""
-        from seedfed.shared.state import ComputeWeights
-
         import torch
+
+        from seedfed.client.engine.state import ComputeWeights
 
         spec, cfg = self.spec, self.config
         examples = read_examples(cfg.data, spec.objective.kind, spec.objective.labels)
@@ -218,7 +202,9 @@ class ClientDaemon:
         self.module = base.module
         self.weights = ComputeWeights.bind(base.module, replica.state, dtype=getattr(torch, cfg.compute_dtype))
         objective = build_objective(spec.objective, base.module, base.tokenizer, device)
-        seed = cfg.data_seed if cfg.data_seed is not None else int.from_bytes(hashlib.sha256(self.name.encode()).digest()[:4], "big")
+        seed = (
+            cfg.data_seed if cfg.data_seed is not None else int.from_bytes(hashlib.sha256(self.name.encode()).digest()[:4], "big")
+        )
         self.prober = Prober(replica, self.weights, objective, MinibatchSampler(examples, spec.batch_size, seed))
         self._event("ready", examples=len(examples), parameters=int(replica.state.manifest.total), digest=replica.digest())
 
@@ -230,7 +216,13 @@ class ClientDaemon:
             raise ClientError("the coordinator's genesis for this task changed: refusing to continue on a different task")
         self.client_id = resp.client_id
         self.counters.sessions += 1
-        self._event("joined", client_id=resp.client_id, head_round=resp.head_round, first_work_round=resp.first_work_round, head=self.replica.round)
+        self._event(
+            "joined",
+            client_id=resp.client_id,
+            head_round=resp.head_round,
+            first_work_round=resp.first_work_round,
+            head=self.replica.round,
+        )
         return resp
 
     def _check_start(self, stub, join: pb.JoinResponse) -> None:
@@ -265,7 +257,9 @@ class ClientDaemon:
         self._check_start(stub, join)
         lease = _LeaseKeeper(self, stub, max(1.0, join.lease_seconds / 3 if join.lease_seconds else 10.0))
         stream = EventStream(
-            lambda: stub.Sync(pb.SyncRequest(task_id=self.spec.task_id, client_id=self.client_id, from_round=self.replica.round + 1)),
+            lambda: stub.Sync(
+                pb.SyncRequest(task_id=self.spec.task_id, client_id=self.client_id, from_round=self.replica.round + 1)
+            ),
             on_bytes=lambda n: self.counters.add(received=n),
         )
         self._stream = stream
@@ -290,7 +284,7 @@ class ClientDaemon:
                     raise SessionEnded(f"stream failed: {ev}")
                 kind = ev.WhichOneof("event")
                 if kind == "commit":
-                    record = record_from(ev.commit)
+                    record = record_of(ev.commit)
                     if caught_up:
                         self._apply_live(stub, record)
                         backoff.reset()
@@ -324,12 +318,22 @@ class ClientDaemon:
         if stats.rounds:
             self.weights.refresh()
         if replica.round != marker.head_round or replica.head_hash != bytes(marker.head_hash):
-            raise LedgerError(f"after catch-up the local head is round {replica.round}, the coordinator's is round {marker.head_round} (or its hash differs)")
+            raise LedgerError(
+                f"after catch-up the local head is round {replica.round}, "
+                f"the coordinator's is round {marker.head_round} (or its hash differs)"
+            )
         self.counters.rounds_applied += stats.rounds
         digest = replica.digest() if (stats.rounds or replica.round == 0) else None
         self._event(
-            "caught_up", first_round=stats.first_round, last_round=stats.last_round, rounds=stats.rounds,
-            replays=stats.replays, folded=stats.folded, seconds=round(stats.seconds, 3), head=replica.round, digest=digest,
+            "caught_up",
+            first_round=stats.first_round,
+            last_round=stats.last_round,
+            rounds=stats.rounds,
+            replays=stats.replays,
+            folded=stats.folded,
+            seconds=round(stats.seconds, 3),
+            head=replica.round,
+            digest=digest,
         )
         if stats.rounds:
             self._checkpoint(digest)
@@ -342,8 +346,13 @@ class ClientDaemon:
         r = record.round
         digest = self.replica.digest() if r % self.spec.digest_every == 0 else None
         self._event(
-            "round", round=r, entries=len(record.seeds), loss=self.counters.last_loss, digest=digest,
-            bytes_sent=self.counters.bytes_sent, bytes_received=self.counters.bytes_received,
+            "round",
+            round=r,
+            entries=len(record.seeds),
+            loss=self.counters.last_loss,
+            digest=digest,
+            bytes_sent=self.counters.bytes_sent,
+            bytes_received=self.counters.bytes_received,
         )
         if digest is not None:
             self._report_digest(stub, digest)
@@ -353,7 +362,10 @@ class ClientDaemon:
     def _report_digest(self, stub, digest: str) -> None:
         r = self.replica.round
         try:
-            resp = self._rpc(stub.Heartbeat, pb.HeartbeatRequest(task_id=self.spec.task_id, client_id=self.client_id, digest_round=r, digest=digest))
+            resp = self._rpc(
+                stub.Heartbeat,
+                pb.HeartbeatRequest(task_id=self.spec.task_id, client_id=self.client_id, digest_round=r, digest=digest),
+            )
         except grpc.RpcError as exc:
             log.warning("digest report for round %d failed: %s", r, exc.code().name)
             return
@@ -366,7 +378,12 @@ class ClientDaemon:
             # A rebuild from verified history gave these same bytes again: they are the exact
             # function of base + ledger, so the reports the coordinator holds are what is wrong.
             self._event("digest_disputed", round=r, digest=digest, expected=resp.expected_digest)
-            log.error("round %d: a rebuild from the ledger gives digest %s again, the federation reports %s; keeping the rebuilt state", r, digest, resp.expected_digest)
+            log.error(
+                "round %d: a rebuild from the ledger gives digest %s again, the federation reports %s; keeping the rebuilt state",
+                r,
+                digest,
+                resp.expected_digest,
+            )
             return
         self._mismatches.add((r, digest))
         log.error("STATE DIGEST MISMATCH at round %d: local %s, federation %s; resyncing", r, digest, resp.expected_digest)
@@ -385,8 +402,12 @@ class ClientDaemon:
         result = self.prober.work(assignment)
         self.counters.last_loss = result.loss
         request = pb.SubmitRequest(
-            task_id=self.spec.task_id, client_id=self.client_id, round=result.round, slot=result.slot,
-            scalars=result.scalars, loss=result.loss if result.loss == result.loss else 0.0,
+            task_id=self.spec.task_id,
+            client_id=self.client_id,
+            round=result.round,
+            slot=result.slot,
+            scalars=result.scalars,
+            loss=result.loss if result.loss == result.loss else 0.0,
         )
         try:
             resp = self._rpc(stub.Submit, request)
@@ -396,8 +417,14 @@ class ClientDaemon:
             return
         self.counters.rounds_worked += 1
         self._event(
-            "submitted", round=result.round, slot=result.slot, seeds=len(assignment.seeds), loss=result.loss,
-            seconds=round(result.seconds, 3), received=resp.received, expected=resp.expected,
+            "submitted",
+            round=result.round,
+            slot=result.slot,
+            seeds=len(assignment.seeds),
+            loss=result.loss,
+            seconds=round(result.seconds, 3),
+            received=resp.received,
+            expected=resp.expected,
         )
 
     def _checkpoint(self, digest: str | None = None) -> None:
@@ -415,8 +442,13 @@ class ClientDaemon:
             if self.replica.round > 0 and self.replica.round not in self.store.rounds():
                 self._checkpoint(digest)
             self._event(
-                "stopped", round=self.replica.round, digest=digest, bytes_sent=self.counters.bytes_sent,
-                bytes_received=self.counters.bytes_received, rounds_applied=self.counters.rounds_applied, rounds_worked=self.counters.rounds_worked,
+                "stopped",
+                round=self.replica.round,
+                digest=digest,
+                bytes_sent=self.counters.bytes_sent,
+                bytes_received=self.counters.bytes_received,
+                rounds_applied=self.counters.rounds_applied,
+                rounds_worked=self.counters.rounds_worked,
             )
 
 

@@ -91,7 +91,9 @@ def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
             delimiter = "," if suffix == ".csv" else "\t"
             with open(path, encoding="utf-8", newline="") as fh:
                 # SST-2 phrases contain quote characters that are not CSV quoting
-                reader = csv.DictReader(fh, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+                reader = csv.DictReader(
+                    fh, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+                )
                 return [(f"{path}:{i}", row) for i, row in enumerate(reader, start=2)]
     except OSError as exc:
         raise DataError(f"cannot read data file {path}: {exc.strerror}") from None

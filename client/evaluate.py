@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from seedfed.shared.ledger import LedgerError
 from seedfed.shared.taskspec import TaskSpec
 
 
@@ -36,25 +37,51 @@ def evaluate_module(spec: TaskSpec, module, tokenizer, data_path: str | Path, de
 
 
 @click.command("eval")
-@click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False), help="labelled TSV/CSV/JSONL or instruction JSONL")
-@click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False, exists=True), help="a model directory (e.g. from seedfed export)")
-@click.option("--task-file", type=click.Path(dir_okay=False, exists=True), default=None, help="task file whose objective to use with --model")
+@click.option(
+    "--data",
+    "data_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="labelled TSV/CSV/JSONL or instruction JSONL",
+)
+@click.option(
+    "--model",
+    "model_dir",
+    default=None,
+    type=click.Path(file_okay=False, exists=True),
+    help="a model directory (e.g. from seedfed export)",
+)
+@click.option(
+    "--task-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="task file whose objective to use with --model",
+)
 @click.option("--db", "db_url", default=None, help="coordinator database to rebuild the task from")
 @click.option("--task", "task_id", default=None, help="task id in the database")
-@click.option("--ledger", "ledger_file", type=click.Path(dir_okay=False, exists=True), default=None, help="a ledger file to rebuild the task from")
+@click.option(
+    "--ledger",
+    "ledger_file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="a ledger file to rebuild the task from",
+)
 @click.option("--round", "to_round", type=click.IntRange(min=0), default=0, help="round to evaluate at (0: the head)")
 @click.option("--base", "base_ref", default=None, help="base model of the task (default: the genesis's base_model)")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--limit", type=click.IntRange(min=0), default=0, help="evaluate only the first N examples")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-def eval_command(data_path, model_dir, task_file, db_url, task_id, ledger_file, to_round, base_ref, device, limit, as_json) -> None:
+def eval_command(
+    data_path, model_dir, task_file, db_url, task_id, ledger_file, to_round, base_ref, device, limit, as_json
+) -> None:
     """Accuracy or loss of a model directory, or of a task at a round, on a data file."""
+    from transformers.utils import logging as hf_logging
+
     from seedfed.client.data import DataError
-    from seedfed.client.export import ExportError, load_history, rebuild
+    from seedfed.client.export import ExportError, rebuild
+    from seedfed.client.history import DatabaseError, load_history
     from seedfed.client.model import ModelLoadError, load_base
     from seedfed.client.replica import BaseDigestMismatch
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one-line output for people and scripts
     try:
@@ -67,7 +94,7 @@ def eval_command(data_path, model_dir, task_file, db_url, task_id, ledger_file, 
             rebuilt = rebuild(spec, records, base_ref, to_round, device)
             module, tokenizer, where = rebuilt.module, rebuilt.tokenizer, f"task {spec.task_id} round {rebuilt.replica.round}"
         result = evaluate_module(spec, module, tokenizer, data_path, device, limit)
-    except (DataError, ExportError, ModelLoadError, BaseDigestMismatch) as exc:
+    except (DataError, LedgerError, DatabaseError, ExportError, ModelLoadError, BaseDigestMismatch) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({"model": where, "examples": result.examples, "loss": result.loss, "accuracy": result.accuracy}))
@@ -76,13 +103,15 @@ def eval_command(data_path, model_dir, task_file, db_url, task_id, ledger_file, 
     click.echo(f"{where}: {result.examples} examples, loss {result.loss:.4f}{acc}")
 
 
-def _spec_for_model_dir(model_dir: str, task_file: str | None, db_url: str | None, task_id: str | None, ledger_file: str | None) -> TaskSpec:
+def _spec_for_model_dir(
+    model_dir: str, task_file: str | None, db_url: str | None, task_id: str | None, ledger_file: str | None
+) -> TaskSpec:
     """The objective to evaluate a model directory with: a task file, a ledger, a database, or the
     task named in the directory's seedfed.json (written by seedfed export) looked up in a database."""
     if task_file:
         return TaskSpec.load_toml(task_file)
     if ledger_file or db_url or task_id:
-        from seedfed.client.export import load_history
+        from seedfed.client.history import load_history
 
         return load_history(db_url, task_id, ledger_file)[0]
     raise click.ClickException("say which objective to evaluate with: --task-file, --ledger, or --db/--task")

@@ -45,13 +45,15 @@ def select_rounds(records: list[RoundRecord], to_round: int | None) -> list[Roun
     return records[:to_round]
 
 
-def rebuild(spec: TaskSpec, records: list[RoundRecord], model_ref: str | None = None, to_round: int | None = None, device: str = "cpu") -> Rebuilt:
+def rebuild(
+    spec: TaskSpec, records: list[RoundRecord], model_ref: str | None = None, to_round: int | None = None, device: str = "cpu"
+) -> Rebuilt:
     """The model at ``to_round`` (default: the head): base checked against the genesis, chain verified."""
     import torch
 
+    from seedfed.client.engine.state import ComputeWeights
     from seedfed.client.model import load_base
     from seedfed.client.replica import Replica
-    from seedfed.shared.state import ComputeWeights
 
     base = load_base(model_ref or spec.base_model, spec.objective.kind, device)
     replica = Replica.from_base(spec, base.module, device=device)
@@ -85,32 +87,35 @@ def write_model_dir(rebuilt: Rebuilt, out: str | Path) -> Path:
     return out
 
 
-def load_history(db_url: str | None, task_id: str | None, ledger_file: str | None) -> tuple[TaskSpec, list[RoundRecord]]:
-    from seedfed.server.ledger_cli import load_history as _load
-
-    return _load(db_url, task_id, ledger_file)
-
-
 @click.command("export")
 @click.option("--db", "db_url", default=None, help="coordinator database URL (default ./seedfed.db) to read the ledger from")
 @click.option("--task", "task_id", default=None, help="task id in the database (may be omitted when it holds one task)")
-@click.option("--ledger", "ledger_file", type=click.Path(dir_okay=False, exists=True), default=None, help="a ledger file instead of a database")
+@click.option(
+    "--ledger",
+    "ledger_file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="a ledger file instead of a database",
+)
 @click.option("--model", "model_ref", default=None, help="base model directory or id (default: the genesis's base_model)")
-@click.option("--round", "to_round", type=click.IntRange(min=0), default=0, help="export the model after this round (0: the head)")
+@click.option(
+    "--round", "to_round", type=click.IntRange(min=0), default=0, help="export the model after this round (0: the head)"
+)
 @click.option("--device", default="cpu", show_default=True, help="where to replay: cpu, cuda or cuda:N (same bytes either way)")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="model directory to write")
 def export_command(db_url, task_id, ledger_file, model_ref, to_round, device, out_dir) -> None:
     """Rebuild the model at a round from base weights plus ledger and save it for from_pretrained."""
+    from transformers.utils import logging as hf_logging
+
+    from seedfed.client.history import DatabaseError, load_history
     from seedfed.client.model import ModelLoadError
     from seedfed.client.replica import BaseDigestMismatch
 
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()  # one-line output for people and scripts
-    spec, records = load_history(db_url, task_id, ledger_file)
     try:
+        spec, records = load_history(db_url, task_id, ledger_file)
         rebuilt = rebuild(spec, records, model_ref, to_round, device)
-    except (ExportError, ModelLoadError, BaseDigestMismatch) as exc:
+    except (LedgerError, DatabaseError, ExportError, ModelLoadError, BaseDigestMismatch) as exc:
         raise click.ClickException(str(exc)) from None
     out = write_model_dir(rebuilt, out_dir)
     click.echo(f"exported task {spec.task_id} at round {rebuilt.replica.round} to {out}")

@@ -75,8 +75,8 @@ class BaseDescription:
 
 def describe_base(module: torch.nn.Module, task_seed: int, unit_log2: int | None = None) -> BaseDescription:
     """What a genesis records about its base: manifest digest, fixed-point unit, base digest."""
-    from seedfed.shared.manifest import Manifest
-    from seedfed.shared.state import FixedPointState, choose_unit_log2
+    from seedfed.client.engine.manifest import Manifest
+    from seedfed.client.engine.state import FixedPointState, choose_unit_log2
 
     manifest = Manifest.from_module(module)
     if unit_log2 is None:

@@ -119,10 +119,14 @@ class CausalLMObjective:
         enc = self.encode(batch)
         logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
         # Shift: token t predicts token t+1; cross-entropy in float32 whatever the compute dtype.
-        return float(F.cross_entropy(logits[:, :-1].flatten(0, 1).to(torch.float32), enc["labels"][:, 1:].flatten(), ignore_index=-100))
+        return float(
+            F.cross_entropy(logits[:, :-1].flatten(0, 1).to(torch.float32), enc["labels"][:, 1:].flatten(), ignore_index=-100)
+        )
 
 
-def build_objective(spec: ObjectiveSpec, model: torch.nn.Module, tokenizer: Any, device: torch.device | str) -> ClassificationObjective | CausalLMObjective:
+def build_objective(
+    spec: ObjectiveSpec, model: torch.nn.Module, tokenizer: Any, device: torch.device | str
+) -> ClassificationObjective | CausalLMObjective:
     if spec.kind == "classification":
         return ClassificationObjective(model, tokenizer, spec, device)
     if spec.kind == "causal_lm":

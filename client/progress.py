@@ -15,7 +15,20 @@ from pathlib import Path
 from typing import Any, TextIO
 
 # events a person watching a client wants to see even when nothing goes wrong
-_SHOWN = {"joined", "resumed", "caught_up", "round", "checkpoint", "stopped", "reconnecting", "refused", "digest_mismatch", "resync", "error", "warning"}
+_SHOWN = {
+    "joined",
+    "resumed",
+    "caught_up",
+    "round",
+    "checkpoint",
+    "stopped",
+    "reconnecting",
+    "refused",
+    "digest_mismatch",
+    "resync",
+    "error",
+    "warning",
+}
 PROGRESS_MIN_TOTAL = 64  # replays below this finish too fast for a bar
 
 

@@ -40,9 +40,9 @@ class Replica:
         self.head_hash = spec.genesis_hash() if head_hash is None else head_hash
 
     @classmethod
-    def from_base(cls, spec: TaskSpec, module, device="cpu") -> "Replica":
+    def from_base(cls, spec: TaskSpec, module, device="cpu") -> Replica:
         """W0 from the base module's float weights; refuses weights that are not the task's base."""
-        from seedfed.shared.state import FixedPointState
+        from seedfed.client.engine.state import FixedPointState
 
         state = FixedPointState.from_module(module, spec.unit_log2, spec.task_seed, device=device)
         digest = state.digest()
@@ -110,7 +110,7 @@ class Replica:
         self.round, self.head_hash = records[-1].round, head
         return CatchUpStats(first, self.round, len(records), replays, fold_history, time.perf_counter() - start)
 
-    def reset_to(self, other: "Replica") -> None:
+    def reset_to(self, other: Replica) -> None:
         """Take over another replica's position in place, so bound compute weights stay bound."""
         if other.spec.genesis_hash() != self.spec.genesis_hash():
             raise LedgerError("cannot reset to a replica of another task")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from seedfed.client.data import MinibatchSampler
 from seedfed.client.objectives import Objective
 from seedfed.client.replica import Replica
-from seedfed.shared.philox_ref import MASK32, STREAM_SCALAR_ROUNDING, draw_uniform
+from seedfed.shared.philox import MASK32, STREAM_SCALAR_ROUNDING, draw_uniform
 from seedfed.shared.quantize import encode_scalars
 
 log = logging.getLogger("seedfed.client")
@@ -63,8 +63,8 @@ class Prober:
         self.sampler = sampler
 
     def work(self, assignment: Assignment) -> WorkResult:
-        from seedfed.shared.probe import probe
-        from seedfed.shared.state import StateOverflowError
+        from seedfed.client.engine.probe import probe
+        from seedfed.client.engine.state import StateOverflowError
 
         spec = self.replica.spec
         state = self.replica.state
@@ -75,10 +75,16 @@ class Prober:
         try:
             for j, seed in enumerate(assignment.seeds):
                 batch = self.sampler.next_batch()
-                result = probe(self.weights, seed, spec.eps, lambda: self.objective.loss(batch))
+                result = probe(self.weights, seed, spec.eps, lambda batch=batch: self.objective.loss(batch))
                 g = result.g
                 if not math.isfinite(g):
-                    log.warning("round %d seed %d: non-finite projected gradient (losses %s, %s); sending 0", assignment.round, seed, result.loss_plus, result.loss_minus)
+                    log.warning(
+                        "round %d seed %d: non-finite projected gradient (losses %s, %s); sending 0",
+                        assignment.round,
+                        seed,
+                        result.loss_plus,
+                        result.loss_minus,
+                    )
                     g = 0.0
                 gradients.append(g)
                 losses.append(0.5 * (result.loss_plus + result.loss_minus))

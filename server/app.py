@@ -18,20 +18,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from seedfed.server.coordinator import Coordinator
-from seedfed.server.db import CoordinatorLock, make_engine, upgrade_to_head
-from seedfed.server.engine import EngineConfig
+from seedfed.server.db import CoordinatorLock, open_database
 from seedfed.server.observer import NULL_OBSERVER, Observer
+from seedfed.server.rounds import EngineConfig
 from seedfed.server.servicer import CoordinatorServicer
 from seedfed.server.sql_store import SqlStore
 from seedfed.shared.taskspec import TaskSpec
+from seedfed.shared.wire import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from seedfed.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
-# The largest request is a Submit: one byte per seed (local_steps <= 4096) plus
-# a few identifiers. Larger requests are refused before they are parsed.
-MAX_REQUEST_BYTES = 64 * 1024
-MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # GetLedger pages stay below servicer.LEDGER_PAGE_BYTES
 
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
@@ -124,14 +121,7 @@ async def start_coordinator(
 
 def open_sql_store(url: str) -> tuple[SqlStore, CoordinatorLock]:
     """The coordinator's database: locked against a second coordinator, migrated to the newest schema."""
-    engine = make_engine(url)
-    lock = CoordinatorLock(engine).acquire()
-    try:
-        upgrade_to_head(engine)
-    except BaseException:
-        lock.release()
-        engine.dispose()
-        raise
+    engine, lock = open_database(url, lock=True)
     return SqlStore(engine), lock
 
 

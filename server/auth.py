@@ -80,7 +80,7 @@ class TokenRegistry:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def for_store(cls, store: TokenStore, refresh_s: float = DEFAULT_REFRESH_S) -> "TokenRegistry":
+    def for_store(cls, store: TokenStore, refresh_s: float = DEFAULT_REFRESH_S) -> TokenRegistry:
         return cls(store.active, refresh_s)
 
     async def start(self) -> None:
@@ -191,7 +191,9 @@ OwnerLookup = Callable[[str, str], Awaitable[str | None]]
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, registry: TokenRegistry, exempt: tuple[str, ...] = EXEMPT_PREFIXES, owner: OwnerLookup | None = None) -> None:
+    def __init__(
+        self, registry: TokenRegistry, exempt: tuple[str, ...] = EXEMPT_PREFIXES, owner: OwnerLookup | None = None
+    ) -> None:
         self.registry = registry
         self.exempt = exempt
         self.owner = owner  # bound once the coordinator exists (Hardening.bind)
@@ -201,7 +203,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if method.endswith("/Join"):
             name = getattr(request, "name", None)
             if isinstance(name, str) and name != principal.name:
-                return Refusal(grpc.StatusCode.PERMISSION_DENIED, "name-not-token", f"this token joins only under its own name, {principal.name!r}")
+                return Refusal(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "name-not-token",
+                    f"this token joins only under its own name, {principal.name!r}",
+                )
             return None
         client_id = getattr(request, "client_id", None)
         if not isinstance(client_id, str) or not client_id:
@@ -220,7 +226,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         token = bearer_token(handler_call_details.invocation_metadata)
         if token is None:
-            return _refusal_handler(_kind(handler), "this coordinator requires a client token: authorization: Bearer <token>", "no-token")
+            return _refusal_handler(
+                _kind(handler), "this coordinator requires a client token: authorization: Bearer <token>", "no-token"
+            )
         principal = await self.registry.authenticate(token)
         if principal is None:
             return _refusal_handler(_kind(handler), "the client token is unknown or revoked", "bad-token")
@@ -263,7 +271,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     await asyncio.wait((nxt, revoked_wait), return_when=asyncio.FIRST_COMPLETED)
                     if not nxt.done():
                         log.info("closing a stream of revoked token %s (%s)", principal.fingerprint, principal.name)
-                        await abort(context, Refusal(grpc.StatusCode.UNAUTHENTICATED, "token-revoked", "the client token was revoked"))
+                        await abort(
+                            context, Refusal(grpc.StatusCode.UNAUTHENTICATED, "token-revoked", "the client token was revoked")
+                        )
                     try:
                         item = nxt.result()
                     except StopAsyncIteration:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from seedfed.server.db import DEFAULT_DB_URL, DatabaseError, make_engine, normalize_url, upgrade_to_head
+from seedfed.server.db import DEFAULT_DB_URL, DatabaseError, normalize_url, open_database
 from seedfed.server.hardening import hardening_options, options_from_kwargs
 from seedfed.server.store import TaskConflictError
 from seedfed.shared.taskspec import TaskSpec, TaskSpecError
@@ -29,24 +29,13 @@ def _load_specs(paths: tuple[str, ...]) -> list[TaskSpec]:
 
 def _open_store(url: str, *, must_exist: bool = False, lock: bool = False):  # noqa: ANN202
     """A migrated SqlStore (and, with lock=True, the one-coordinator lock), or a clear CLI error."""
-    from seedfed.server.app import open_sql_store
     from seedfed.server.sql_store import SqlStore
 
-    url = normalize_url(url)
-    if must_exist and url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
-        if not path.is_file():
-            raise click.ClickException(f"no database at {path}: create a task first (seedfed task create)")
     try:
-        if lock:
-            return open_sql_store(url)
-        engine = make_engine(url)
-        upgrade_to_head(engine)
-        return SqlStore(engine)
+        engine, held = open_database(url, must_exist=must_exist, lock=lock)
     except DatabaseError as exc:
         raise click.ClickException(str(exc)) from None
-    except Exception as exc:  # driver errors: unreachable server, bad credentials, ...
-        raise click.ClickException(f"cannot open database {url}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
+    return (SqlStore(engine), held) if lock else SqlStore(engine)
 
 
 def _parse_listen(listen: str) -> str:
@@ -59,14 +48,28 @@ def _parse_listen(listen: str) -> str:
 @click.command()
 # --task and --db name their variables: click's automatic ones would follow the
 # parameter names (SEEDFED_COORDINATOR_TASK_FILES, ..._DB_URL).
-@click.option("--task", "task_files", multiple=True, type=click.Path(dir_okay=False), envvar="SEEDFED_COORDINATOR_TASK",
-              help="task file (TOML) to register; repeatable (env SEEDFED_COORDINATOR_TASK, space-separated)")
+@click.option(
+    "--task",
+    "task_files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    envvar="SEEDFED_COORDINATOR_TASK",
+    help="task file (TOML) to register; repeatable (env SEEDFED_COORDINATOR_TASK, space-separated)",
+)
 @click.option("--db", "db_url", default=DEFAULT_DB_URL, show_default=True, envvar="SEEDFED_COORDINATOR_DB", help=DB_HELP)
 @click.option("--listen", default="127.0.0.1:50051", show_default=True, help="HOST:PORT to serve gRPC on")
-@click.option("--lease-seconds", default=30.0, show_default=True, type=click.FloatRange(min=0.1), help="how long a client counts as online after a heartbeat")
+@click.option(
+    "--lease-seconds",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="how long a client counts as online after a heartbeat",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True)
 @hardening_options
-def coordinator(task_files: tuple[str, ...], db_url: str, listen: str, lease_seconds: float, log_level: str, log_format: str, **deployment) -> None:
+def coordinator(
+    task_files: tuple[str, ...], db_url: str, listen: str, lease_seconds: float, log_level: str, log_format: str, **deployment
+) -> None:
     """Run the coordinator: rounds, ledger and the gRPC service.
 
     Serves every task in the database; --task registers a task file first
@@ -75,8 +78,8 @@ def coordinator(task_files: tuple[str, ...], db_url: str, listen: str, lease_sec
     --insecure) and requires client tokens unless --no-auth.
     """
     from seedfed.server.app import run_until_signal, start_coordinator
-    from seedfed.server.engine import EngineConfig
     from seedfed.server.hardening import Hardening, TransportError
+    from seedfed.server.rounds import EngineConfig
     from seedfed.shared.logs import configure_logging
 
     configure_logging(log_level, log_format)
@@ -106,12 +109,20 @@ def coordinator(task_files: tuple[str, ...], db_url: str, listen: str, lease_sec
         try:
             await hardening.start()
         except OSError as exc:  # the metrics port is taken, or the address is not ours
-            raise click.ClickException(f"cannot serve metrics on {hardening.metrics_host}:{hardening.metrics_port}: {exc}") from None
+            raise click.ClickException(
+                f"cannot serve metrics on {hardening.metrics_host}:{hardening.metrics_port}: {exc}"
+            ) from None
         try:
             try:
                 running = await start_coordinator(
-                    "", listen, config=EngineConfig(lease_seconds=lease_seconds), store=store, lock=lock,
-                    observer=hardening.observer, interceptors=hardening.interceptors, credentials=hardening.credentials,
+                    "",
+                    listen,
+                    config=EngineConfig(lease_seconds=lease_seconds),
+                    store=store,
+                    lock=lock,
+                    observer=hardening.observer,
+                    interceptors=hardening.interceptors,
+                    credentials=hardening.credentials,
                     options=hardening.server_options,
                 )
             except (OSError, RuntimeError) as exc:
@@ -158,7 +169,15 @@ def task_list(db_url: str) -> None:
         table = Table("task", "base model", "head round", "clients", "abandoned", "ledger bytes", "genesis")
         for spec in store.list_tasks():
             s = store.summary(spec.task_id)
-            table.add_row(spec.task_id, spec.base_model, str(s.head_round), str(s.clients), str(s.abandoned_attempts), str(s.ledger_bytes), spec.genesis_hash().hex()[:16])
+            table.add_row(
+                spec.task_id,
+                spec.base_model,
+                str(s.head_round),
+                str(s.clients),
+                str(s.abandoned_attempts),
+                str(s.ledger_bytes),
+                spec.genesis_hash().hex()[:16],
+            )
     finally:
         store.close()
     Console().print(table)
@@ -179,27 +198,45 @@ def task_show(db_url: str, task_id: str) -> None:
         store.close()
     click.echo(spec.to_toml())
     click.echo(f"# genesis hash {spec.genesis_hash().hex()}")
-    click.echo(f"# head round {s.head_round}, hash {s.head_hash.hex()}, {s.clients} clients, {s.abandoned_attempts} abandoned attempts")
+    click.echo(
+        f"# head round {s.head_round}, hash {s.head_hash.hex()}, {s.clients} clients, {s.abandoned_attempts} abandoned attempts"
+    )
 
 
 @click.command()
 @click.option("--coordinator", "address", default="127.0.0.1:50051", show_default=True, help="HOST:PORT of a running coordinator")
 @click.option("--task", "task_id", default="", help="task id (needed when the coordinator serves several)")
 @click.option("--timeout", default=5.0, show_default=True, help="seconds to wait for an answer")
-@click.option("--token", default=None, help="a client token (env SEEDFED_STATUS_TOKEN); the coordinator requires one unless --no-auth")
+@click.option(
+    "--token", default=None, help="a client token (env SEEDFED_STATUS_TOKEN); the coordinator requires one unless --no-auth"
+)
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False), default=None, help="read the token from this file")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None, help="CA certificate of a TLS coordinator")
 @click.option("--insecure", is_flag=True, help="plaintext connection (a coordinator started with --insecure)")
-@click.option("--metrics", "metrics_url", default=None, metavar="URL", help="also read the coordinator's Prometheus metrics, e.g. http://HOST:9464/metrics")
-def status(address: str, task_id: str, timeout: float, token: str | None, token_file: str | None, tls_ca: str | None, insecure: bool,
-           metrics_url: str | None) -> None:
+@click.option(
+    "--metrics",
+    "metrics_url",
+    default=None,
+    metavar="URL",
+    help="also read the coordinator's Prometheus metrics, e.g. http://HOST:9464/metrics",
+)
+def status(
+    address: str,
+    task_id: str,
+    timeout: float,
+    token: str | None,
+    token_file: str | None,
+    tls_ca: str | None,
+    insecure: bool,
+    metrics_url: str | None,
+) -> None:
     """A running coordinator at a glance (the Status RPC, and its metrics with --metrics)."""
     import grpc
     from rich.console import Console
     from rich.table import Table
 
     from seedfed.server.metrics import fetch_summary, summary_rows
-    from seedfed.server.tls import TransportError, dial
+    from seedfed.shared.tls import TransportError, dial
     from seedfed.v1 import coordinator_pb2 as pb
     from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
 

@@ -7,8 +7,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from seedfed.server import errors
-from seedfed.server.engine import EngineConfig, TaskEngine
 from seedfed.server.observer import NULL_OBSERVER, Observer
+from seedfed.server.rounds import EngineConfig, TaskEngine
 from seedfed.server.store import LedgerStore
 from seedfed.server.writer import StoreWriter
 from seedfed.shared.taskspec import TaskSpec

@@ -90,7 +90,7 @@ class CoordinatorLock:
         self._fd: int | None = None
         self._conn = None
 
-    def acquire(self) -> "CoordinatorLock":
+    def acquire(self) -> CoordinatorLock:
         if self.engine.dialect.name == "sqlite":
             import fcntl
             import os
@@ -158,3 +158,30 @@ def current_revision(engine: Engine) -> str | None:
 
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def open_database(url: str, *, must_exist: bool = False, lock: bool = False) -> tuple[Engine, CoordinatorLock | None]:
+    """The one way to open a coordinator database: an engine migrated to the
+    newest schema, and with ``lock`` the one-coordinator lock taken first.
+    ``must_exist`` refuses to create a new SQLite file (tools that only read).
+    Every failure is a DatabaseError with one message form."""
+    url = normalize_url(url)
+    if must_exist and url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :])
+        if not path.is_file():
+            raise DatabaseError(f"no database at {path}: create a task first (seedfed task create)")
+    engine = make_engine(url)
+    held = None
+    try:
+        if lock:
+            held = CoordinatorLock(engine).acquire()
+        upgrade_to_head(engine)
+    except BaseException as exc:
+        if held is not None:
+            held.release()
+        engine.dispose()
+        if isinstance(exc, DatabaseError) or not isinstance(exc, Exception):
+            raise
+        # driver errors: unreachable server, bad credentials, ...
+        raise DatabaseError(f"cannot open database {url}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
+    return engine, held

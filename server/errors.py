@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import grpc
 
-REASON_KEY = "seedfed-reason"
+from seedfed.shared.wire import REASON_KEY
 
 
 class Refusal(Exception):
@@ -30,15 +30,23 @@ def unknown_task(task_id: str) -> Refusal:
 
 
 def unknown_client(client_id: str) -> Refusal:
-    return Refusal(grpc.StatusCode.FAILED_PRECONDITION, "unknown-client", f"client {client_id!r} is not registered for this task: Join first")
+    return Refusal(
+        grpc.StatusCode.FAILED_PRECONDITION, "unknown-client", f"client {client_id!r} is not registered for this task: Join first"
+    )
 
 
 def late(round_no: int) -> Refusal:
-    return Refusal(grpc.StatusCode.ABORTED, "late", f"round {round_no} is closed (committed or abandoned); the submission was not counted")
+    return Refusal(
+        grpc.StatusCode.ABORTED, "late", f"round {round_no} is closed (committed or abandoned); the submission was not counted"
+    )
 
 
 def duplicate(round_no: int, slot: int) -> Refusal:
-    return Refusal(grpc.StatusCode.ALREADY_EXISTS, "duplicate", f"a different submission for round {round_no} slot {slot} was already accepted")
+    return Refusal(
+        grpc.StatusCode.ALREADY_EXISTS,
+        "duplicate",
+        f"a different submission for round {round_no} slot {slot} was already accepted",
+    )
 
 
 def wrong_round(round_no: int, open_round: int) -> Refusal:
@@ -47,11 +55,17 @@ def wrong_round(round_no: int, open_round: int) -> Refusal:
 
 
 def wrong_slot(slot: int, round_no: int) -> Refusal:
-    return Refusal(grpc.StatusCode.PERMISSION_DENIED, "wrong-slot", f"slot {slot} of round {round_no} is not assigned to this client")
+    return Refusal(
+        grpc.StatusCode.PERMISSION_DENIED, "wrong-slot", f"slot {slot} of round {round_no} is not assigned to this client"
+    )
 
 
 def not_assigned(round_no: int) -> Refusal:
-    return Refusal(grpc.StatusCode.PERMISSION_DENIED, "not-assigned", f"this client has no assignment in round {round_no}; it gets work from the next round")
+    return Refusal(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "not-assigned",
+        f"this client has no assignment in round {round_no}; it gets work from the next round",
+    )
 
 
 def scalar_count(got: int, want: int) -> Refusal:
@@ -63,7 +77,11 @@ def invalid(reason: str, message: str) -> Refusal:
 
 
 def base_digest(got: str, want: str) -> Refusal:
-    return Refusal(grpc.StatusCode.FAILED_PRECONDITION, "base-digest", f"base digest {got[:16] or '(empty)'}... does not match the genesis ({want[:16]}...)")
+    return Refusal(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "base-digest",
+        f"base digest {got[:16] or '(empty)'}... does not match the genesis ({want[:16]}...)",
+    )
 
 
 def unavailable(message: str) -> Refusal:
@@ -71,7 +89,9 @@ def unavailable(message: str) -> Refusal:
 
 
 def digest_round(round_no: int, head: int) -> Refusal:
-    return Refusal(grpc.StatusCode.OUT_OF_RANGE, "digest-round", f"digest_round {round_no} is not a committed round (head {head})")
+    return Refusal(
+        grpc.StatusCode.OUT_OF_RANGE, "digest-round", f"digest_round {round_no} is not a committed round (head {head})"
+    )
 
 
 def from_round(round_no: int, head: int) -> Refusal:
@@ -79,4 +99,6 @@ def from_round(round_no: int, head: int) -> Refusal:
 
 
 def storage_unavailable() -> Refusal:
-    return Refusal(grpc.StatusCode.UNAVAILABLE, "storage", "the coordinator's database did not answer; nothing was recorded, retry")
+    return Refusal(
+        grpc.StatusCode.UNAVAILABLE, "storage", "the coordinator's database did not answer; nothing was recorded, retry"
+    )

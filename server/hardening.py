@@ -17,15 +17,24 @@ import click
 import grpc
 
 from seedfed.server.auth import DEFAULT_REFRESH_S, AuthInterceptor, TokenRegistry
-from seedfed.server.db import DatabaseError, normalize_url
 from seedfed.server.limits import LimitsInterceptor, PeerLimiter, server_options
 from seedfed.server.metrics import Metrics, MetricsInterceptor, PrometheusObserver
-from seedfed.server.tls import TransportError, check_server_transport, server_credentials
 from seedfed.shared.logs import LOG_FORMATS
+from seedfed.shared.tls import TransportError, check_server_transport, server_credentials
 
 log = logging.getLogger(__name__)
 
-OPTION_NAMES = ("tls_cert", "tls_key", "insecure", "no_auth", "auth_refresh", "metrics_port", "metrics_host", "join_rate", "join_burst")
+OPTION_NAMES = (
+    "tls_cert",
+    "tls_key",
+    "insecure",
+    "no_auth",
+    "auth_refresh",
+    "metrics_port",
+    "metrics_host",
+    "join_rate",
+    "join_burst",
+)
 
 
 def hardening_options(f):  # noqa: ANN001, ANN201
@@ -35,13 +44,38 @@ def hardening_options(f):  # noqa: ANN001, ANN201
         click.option("--tls-key", type=click.Path(dir_okay=False), help="PEM private key of --tls-cert"),
         click.option("--insecure", is_flag=True, help="serve plaintext without TLS (only on a trusted network)"),
         click.option("--no-auth", is_flag=True, help="accept RPCs without a client token (tests, trusted networks)"),
-        click.option("--auth-refresh", default=DEFAULT_REFRESH_S, show_default=True, type=click.FloatRange(min=0.05),
-                     help="seconds between reloads of the token table: the delay until a revocation bites"),
-        click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, help="serve Prometheus metrics on this port (/metrics)"),
+        click.option(
+            "--auth-refresh",
+            default=DEFAULT_REFRESH_S,
+            show_default=True,
+            type=click.FloatRange(min=0.05),
+            help="seconds between reloads of the token table: the delay until a revocation bites",
+        ),
+        click.option(
+            "--metrics-port", type=click.IntRange(0, 65535), default=None, help="serve Prometheus metrics on this port (/metrics)"
+        ),
         click.option("--metrics-host", default="127.0.0.1", show_default=True, help="address the metrics endpoint binds to"),
-        click.option("--join-rate", default=10.0, show_default=True, type=click.FloatRange(min=0.001), help="Join calls per second allowed per peer address"),
-        click.option("--join-burst", default=50.0, show_default=True, type=click.FloatRange(min=1), help="Join calls a peer may make at once"),
-        click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True, help="text for people, json for log collectors (one object per line)"),
+        click.option(
+            "--join-rate",
+            default=10.0,
+            show_default=True,
+            type=click.FloatRange(min=0.001),
+            help="Join calls per second allowed per peer address",
+        ),
+        click.option(
+            "--join-burst",
+            default=50.0,
+            show_default=True,
+            type=click.FloatRange(min=1),
+            help="Join calls a peer may make at once",
+        ),
+        click.option(
+            "--log-format",
+            type=click.Choice(LOG_FORMATS),
+            default="text",
+            show_default=True,
+            help="text for people, json for log collectors (one object per line)",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -62,9 +96,20 @@ class Hardening:
     _http: Any = field(default=None, repr=False)
 
     @classmethod
-    def from_options(cls, db_url: str, *, tls_cert: str | None = None, tls_key: str | None = None, insecure: bool = False,
-                     no_auth: bool = False, auth_refresh: float = DEFAULT_REFRESH_S, metrics_port: int | None = None,
-                     metrics_host: str = "127.0.0.1", join_rate: float = 10.0, join_burst: float = 50.0) -> "Hardening":
+    def from_options(
+        cls,
+        db_url: str,
+        *,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        insecure: bool = False,
+        no_auth: bool = False,
+        auth_refresh: float = DEFAULT_REFRESH_S,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        join_rate: float = 10.0,
+        join_burst: float = 50.0,
+    ) -> Hardening:
         """Raises TransportError for an unusable TLS/plaintext choice, DatabaseError
         when the token table cannot be read."""
         check_server_transport(tls_cert, tls_key, insecure)
@@ -75,17 +120,20 @@ class Hardening:
         if not no_auth:
             from seedfed.server.tokens import open_token_store
 
-            try:
-                token_store = open_token_store(db_url)
-            except DatabaseError:
-                raise
-            except Exception as exc:  # driver errors: unreachable server, bad credentials, ...
-                raise DatabaseError(f"cannot open database {normalize_url(db_url)}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
+            token_store = open_token_store(db_url)
             registry = TokenRegistry.for_store(token_store, auth_refresh)
             interceptors.append(AuthInterceptor(registry))
         interceptors.append(LimitsInterceptor(PeerLimiter(rate=join_rate, burst=join_burst)))
-        return cls(interceptors, credentials, metrics, PrometheusObserver(metrics), registry=registry,
-                   metrics_port=metrics_port, metrics_host=metrics_host, token_store=token_store)
+        return cls(
+            interceptors,
+            credentials,
+            metrics,
+            PrometheusObserver(metrics),
+            registry=registry,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            token_store=token_store,
+        )
 
     def bind(self, coordinator) -> None:  # noqa: ANN001 - a seedfed.server.coordinator.Coordinator
         """Let authentication see which name each client joined under."""

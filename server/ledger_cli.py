@@ -14,44 +14,27 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from seedfed.server import history
 from seedfed.server.cli import DB_HELP, _open_store
-from seedfed.server.db import DEFAULT_DB_URL
-from seedfed.shared.ledger import LedgerError, RoundRecord, read_ledger_file, round_payload, verify_chain, write_ledger_file
+from seedfed.server.db import DEFAULT_DB_URL, DatabaseError
+from seedfed.shared.ledger import LedgerError, RoundRecord, read_ledger_file, record_bytes, verify_chain, write_ledger_file
 from seedfed.shared.taskspec import TaskSpec
 
 
 def load_history(db_url: str | None, task_id: str | None, ledger_file: str | None) -> tuple[TaskSpec, list[RoundRecord]]:
-    """Genesis and committed rounds from a ledger file, or from a database (unverified: callers verify)."""
-    if ledger_file:
-        try:
-            return read_ledger_file(ledger_file)
-        except LedgerError as exc:
-            raise click.ClickException(str(exc)) from None
-    store = _open_store(db_url or DEFAULT_DB_URL, must_exist=True)
     try:
-        if task_id is None:
-            tasks = store.list_tasks()
-            if len(tasks) != 1:
-                names = ", ".join(t.task_id for t in tasks) or "none"
-                raise click.ClickException(f"name the task with --task (tasks in this database: {names})")
-            task_id = tasks[0].task_id
-        spec = store.get_task(task_id)
-        if spec is None:
-            raise click.ClickException(f"no task {task_id!r} in this database")
-        return spec, store.get_rounds(task_id, 1)
-    finally:
-        store.close()
+        return history.load_history(db_url, task_id, ledger_file)
+    except (LedgerError, DatabaseError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def source_options(fn):
-    fn = click.option("--file", "ledger_file", type=click.Path(dir_okay=False, exists=True), help="a ledger file instead of a database")(fn)
+    fn = click.option(
+        "--file", "ledger_file", type=click.Path(dir_okay=False, exists=True), help="a ledger file instead of a database"
+    )(fn)
     fn = click.option("--task", "task_id", default=None, help="task id (may be omitted when the database holds one task)")(fn)
     fn = click.option("--db", "db_url", default=DEFAULT_DB_URL, show_default=True, help=DB_HELP)(fn)
     return fn
-
-
-def record_bytes(rec: RoundRecord) -> int:
-    return len(round_payload(rec.round, rec.entries)) + len(rec.hash)
 
 
 @click.group()
@@ -69,13 +52,22 @@ def show(db_url: str, task_id: str | None, ledger_file: str | None, last: int) -
     total = sum(record_bytes(r) for r in records)
     entries = sum(len(r.seeds) for r in records)
     console.print(f"task [bold]{spec.task_id}[/] base {spec.base_model} (digest {spec.base_digest[:16]}...)")
-    console.print(f"genesis {spec.genesis_hash().hex()}  K={spec.pool_size or 'unbounded'}  local steps {spec.local_steps}  aggregation {spec.aggregation}")
+    console.print(
+        f"genesis {spec.genesis_hash().hex()}  K={spec.pool_size or 'unbounded'} "
+        f" local steps {spec.local_steps}  aggregation {spec.aggregation}"
+    )
     console.print(f"{len(records)} committed rounds, {entries} entries, {total:,} bytes canonical")
     if records:
         console.print(f"head round {records[-1].round} hash {records[-1].hash.hex()}")
     table = Table("round", "entries", "bytes", "max |step|", "hash")
     for r in records[-last:] if last else []:
-        table.add_row(str(r.round), str(len(r.seeds)), str(record_bytes(r)), str(max((abs(q) for q in r.steps), default=0)), r.hash.hex()[:16] + "...")
+        table.add_row(
+            str(r.round),
+            str(len(r.seeds)),
+            str(record_bytes(r)),
+            str(max((abs(q) for q in r.steps), default=0)),
+            r.hash.hex()[:16] + "...",
+        )
     if last and records:
         console.print(table)
 
@@ -94,7 +86,9 @@ def verify(db_url: str, task_id: str | None, ledger_file: str | None) -> None:
 
 @ledger.command("dump")
 @source_options
-@click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False, writable=True), help="ledger file to write")
+@click.option(
+    "-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False, writable=True), help="ledger file to write"
+)
 @click.option("--to-round", default=0, type=click.IntRange(min=0), help="last round to include (0: the head)")
 def dump(db_url: str, task_id: str | None, ledger_file: str | None, out_path: str, to_round: int) -> None:
     """Write a portable, verified ledger file."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import grpc
 
 from seedfed.server.errors import Refusal, abort, invalid
+from seedfed.shared.wire import MAX_METADATA_BYTES
 
 TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # the genesis's own rule
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")  # device names (clients.name is 128 wide)
@@ -66,7 +67,7 @@ def server_options() -> list[tuple[str, int]]:
     """Channel arguments beyond the service's own (app.SERVER_OPTIONS bounds
     message sizes): metadata, where the bearer token is the largest entry,
     stays small."""
-    return [("grpc.max_metadata_size", 16 * 1024)]
+    return [("grpc.max_metadata_size", MAX_METADATA_BYTES)]
 
 
 # -- Join flood limiting
@@ -117,7 +118,9 @@ class PeerLimiter:
 
     def check(self, peer: str) -> None:
         if not self.allow(peer_host(peer)):
-            raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "rate-limited", "too many Join calls from this address; retry later")
+            raise Refusal(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "rate-limited", "too many Join calls from this address; retry later"
+            )
 
 
 def peer_host(peer: str) -> str:
@@ -188,7 +191,7 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
             return None
         full = handler_call_details.method or ""
         ours = full.startswith(COORDINATOR_PREFIX)  # other services (health) only get the parse guard
-        method = full[len(COORDINATOR_PREFIX):] if ours else full
+        method = full[len(COORDINATOR_PREFIX) :] if ours else full
         limiter = self.join_limiter if ours and method == "Join" else None
 
         def admit(request, context) -> None:  # noqa: ANN001

@@ -6,10 +6,9 @@ refused transition leaves nothing behind, as in SQL.
 
 from __future__ import annotations
 
-import time
-
 import dataclasses
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,8 +23,8 @@ from seedfed.server.store import (
     RoundAttempt,
     RoundPlan,
     StoreConflict,
-    SubmitOutcome,
     Submission,
+    SubmitOutcome,
     TaskConflictError,
     TaskSummary,
     UnknownTask,
@@ -171,7 +170,9 @@ class MemoryStore(LedgerStore):
                 if t is None or d.client_id not in t.clients:
                     continue
                 t.digests.setdefault(d.round, {})[d.client_id] = d.digest
-                t.clients[d.client_id] = dataclasses.replace(t.clients[d.client_id], last_digest_round=d.round, last_digest=d.digest)
+                t.clients[d.client_id] = dataclasses.replace(
+                    t.clients[d.client_id], last_digest_round=d.round, last_digest=d.digest
+                )
             out = []
             for s in batch.submissions:
                 t = self._tasks.get(s.task_id)
@@ -260,7 +261,17 @@ class MemoryStore(LedgerStore):
             if t is None:
                 t = self._tasks[spec.task_id] = _Task(spec)
             for rec in new:
-                plan = RoundPlan(spec.task_id, rec.round, self.last_attempt(spec.task_id, rec.round) + 1, now, now, spec.lr_at(rec.round), spec.group_size, (), ())
+                plan = RoundPlan(
+                    spec.task_id,
+                    rec.round,
+                    self.last_attempt(spec.task_id, rec.round) + 1,
+                    now,
+                    now,
+                    spec.lr_at(rec.round),
+                    spec.group_size,
+                    (),
+                    (),
+                )
                 a = _Attempt(plan, ROUND_COMMITTED, now, {}, rec, None)
                 t.attempts.append(a)
                 t.committed.append(a)

@@ -31,15 +31,35 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.rounds_committed = Counter("seedfed_rounds_committed", "Rounds committed to the ledger.", ["task"], registry=r)
-        self.rounds_abandoned = Counter("seedfed_rounds_abandoned", "Round attempts abandoned at their deadline without quorum.", ["task"], registry=r)
+        self.rounds_abandoned = Counter(
+            "seedfed_rounds_abandoned", "Round attempts abandoned at their deadline without quorum.", ["task"], registry=r
+        )
         self.head_round = Gauge("seedfed_head_round", "The newest committed round.", ["task"], registry=r)
-        self.clients_online = Gauge("seedfed_clients_online", "Clients with a live lease or an open Sync stream.", ["task"], registry=r)
-        self.submissions_accepted = Counter("seedfed_submissions_accepted", "Submissions accepted (idempotent retries not counted).", ["task"], registry=r)
-        self.submissions_retried = Counter("seedfed_submissions_retried", "Identical resubmissions answered without effect.", ["task"], registry=r)
-        self.submissions_refused = Counter("seedfed_submissions_refused", "Submissions refused, by reason.", ["task", "reason"], registry=r)
-        self.round_seconds = Histogram("seedfed_round_seconds", "Round latency: opened to committed.", ["task"], buckets=ROUND_SECONDS_BUCKETS, registry=r)
-        self.commit_seconds = Histogram("seedfed_round_commit_seconds", "Time of the commit transaction.", ["task"], buckets=COMMIT_SECONDS_BUCKETS, registry=r)
-        self.bytes_received = Counter("seedfed_rpc_received_bytes", "Request payload bytes received, by method.", ["method"], registry=r)
+        self.clients_online = Gauge(
+            "seedfed_clients_online", "Clients with a live lease or an open Sync stream.", ["task"], registry=r
+        )
+        self.submissions_accepted = Counter(
+            "seedfed_submissions_accepted", "Submissions accepted (idempotent retries not counted).", ["task"], registry=r
+        )
+        self.submissions_retried = Counter(
+            "seedfed_submissions_retried", "Identical resubmissions answered without effect.", ["task"], registry=r
+        )
+        self.submissions_refused = Counter(
+            "seedfed_submissions_refused", "Submissions refused, by reason.", ["task", "reason"], registry=r
+        )
+        self.round_seconds = Histogram(
+            "seedfed_round_seconds", "Round latency: opened to committed.", ["task"], buckets=ROUND_SECONDS_BUCKETS, registry=r
+        )
+        self.commit_seconds = Histogram(
+            "seedfed_round_commit_seconds",
+            "Time of the commit transaction.",
+            ["task"],
+            buckets=COMMIT_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.bytes_received = Counter(
+            "seedfed_rpc_received_bytes", "Request payload bytes received, by method.", ["method"], registry=r
+        )
         self.bytes_sent = Counter("seedfed_rpc_sent_bytes", "Response payload bytes sent, by method.", ["method"], registry=r)
         self.rpcs = Counter("seedfed_rpcs", "RPCs finished, by method and status code.", ["method", "code"], registry=r)
         self.streams_open = Gauge("seedfed_sync_streams_open", "Server streams (Sync) open now.", registry=r)
@@ -160,7 +180,6 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         return call
 
 
-
 # -- reading the metrics back (``seedfed status --metrics URL``)
 
 
@@ -179,8 +198,16 @@ def summarize(text: str) -> dict[str, object]:
     """The figures an operator looks at first, from a /metrics page."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    out: dict[str, object] = {"rounds_committed": 0.0, "rounds_abandoned": 0.0, "clients_online": 0.0, "submissions_accepted": 0.0,
-                              "submissions_refused": {}, "bytes_received": 0.0, "bytes_sent": 0.0, "streams_open": 0.0}
+    out: dict[str, object] = {
+        "rounds_committed": 0.0,
+        "rounds_abandoned": 0.0,
+        "clients_online": 0.0,
+        "submissions_accepted": 0.0,
+        "submissions_refused": {},
+        "bytes_received": 0.0,
+        "bytes_sent": 0.0,
+        "streams_open": 0.0,
+    }
     buckets: list[tuple[float, float]] = []
     latency_sum = latency_count = 0.0
     for family in text_string_to_metric_families(text):
@@ -243,6 +270,9 @@ def summary_rows(s: dict[str, object]) -> list[tuple[str, str]]:
         ("submissions accepted", str(int(s["submissions_accepted"]))),
         ("submissions refused", refused_text),
         ("bytes in / out", f"{int(s['bytes_received']):,} / {int(s['bytes_sent']):,}"),
-        ("round latency", f"mean {secs(s['round_seconds_mean'])}, p50 <= {secs(s['round_seconds_p50'])}, p99 <= {secs(s['round_seconds_p99'])}"),
+        (
+            "round latency",
+            f"mean {secs(s['round_seconds_mean'])}, p50 <= {secs(s['round_seconds_p50'])}, p99 <= {secs(s['round_seconds_p99'])}",
+        ),
         ("sync streams open", str(int(s["streams_open"]))),
     ]

@@ -166,7 +166,13 @@ class TokenRow(Base):
     __tablename__ = "tokens"
     __table_args__ = (
         # A name is unique among tokens that are not revoked.
-        Index("uq_tokens_active_name", "name", unique=True, sqlite_where=text("revoked_at IS NULL"), postgresql_where=text("revoked_at IS NULL")),
+        Index(
+            "uq_tokens_active_name",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

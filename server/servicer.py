@@ -16,8 +16,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from seedfed.server import errors, protocol
 from seedfed.server.coordinator import Coordinator
-from seedfed.server.engine import CommitEvent, OpenEvent, StreamClosed
+from seedfed.server.rounds import CommitEvent, OpenEvent, StreamClosed
 from seedfed.server.store import StoreError
+from seedfed.shared.wire import commit_message
 from seedfed.v1 import coordinator_pb2 as pb
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -36,7 +37,7 @@ def refusals(handler: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]
     """Unary handlers: a Refusal becomes its status code plus the seedfed-reason trailer."""
 
     @functools.wraps(handler)
-    async def wrapper(self: "CoordinatorServicer", request, context):  # type: ignore[no-untyped-def]
+    async def wrapper(self: CoordinatorServicer, request, context):  # type: ignore[no-untyped-def]
         try:
             return await handler(self, request, context)
         except errors.Refusal as r:
@@ -93,7 +94,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         _check_ids(request.task_id, request.client_id)
         engine = await self.coordinator.engine(request.task_id)
         try:
-            received, expected = await engine.submit(request.client_id, request.round, request.slot, request.scalars, request.loss)
+            received, expected = await engine.submit(
+                request.client_id, request.round, request.slot, request.scalars, request.loss
+            )
         except errors.Refusal as r:
             self.coordinator.observer.submission(request.task_id, r.reason)
             raise
@@ -109,7 +112,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         last = min(last, first + MAX_LEDGER_ROUNDS - 1)
         page, size = [], 0
         for rec in await engine.records(first, last):
-            msg = protocol.round_commit(rec)
+            msg = commit_message(rec)
             size += msg.ByteSize() + 8
             if page and size > LEDGER_PAGE_BYTES:
                 break
@@ -172,7 +175,12 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 event = await sub.queue.get()
                 if isinstance(event, StreamClosed):
                     if event.reason == "overflow":
-                        await abort(context, errors.Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow-consumer", "the stream fell too far behind; Sync again"))
+                        await abort(
+                            context,
+                            errors.Refusal(
+                                grpc.StatusCode.RESOURCE_EXHAUSTED, "slow-consumer", "the stream fell too far behind; Sync again"
+                            ),
+                        )
                     elif event.reason == "shutdown":
                         await abort(context, errors.unavailable("the coordinator is shutting down; Sync again shortly"))
                     return

@@ -6,7 +6,6 @@ Each public method runs in exactly one transaction (``with self._tx() as s``).
 from __future__ import annotations
 
 import time
-
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,8 +35,8 @@ from seedfed.server.store import (
     RoundAttempt,
     RoundPlan,
     StoreConflict,
-    SubmitOutcome,
     Submission,
+    SubmitOutcome,
     TaskConflictError,
     TaskSummary,
     UnknownTask,
@@ -50,7 +49,9 @@ from seedfed.shared.taskspec import TaskSpec
 
 
 def _client(row: ClientRow) -> Client:
-    return Client(row.id, row.client_id, row.task_id, row.name, row.lease_until, row.last_seen, row.last_digest_round, row.last_digest)
+    return Client(
+        row.id, row.client_id, row.task_id, row.name, row.lease_until, row.last_seen, row.last_digest_round, row.last_digest
+    )
 
 
 class SqlStore(LedgerStore):
@@ -92,10 +93,21 @@ class SqlStore(LedgerStore):
 
     @staticmethod
     def _plan(s: Session, row: RoundRow) -> RoundPlan:
-        slots = s.execute(select(AssignmentRow.slot, AssignmentRow.client_id).where(AssignmentRow.round_id == row.id).order_by(AssignmentRow.slot)).all()
+        slots = s.execute(
+            select(AssignmentRow.slot, AssignmentRow.client_id)
+            .where(AssignmentRow.round_id == row.id)
+            .order_by(AssignmentRow.slot)
+        ).all()
         return RoundPlan(
-            row.task_id, int(row.round), row.attempt, row.opened_at, row.deadline, row.lr, row.group_size,
-            RoundPlan.parse_group_seeds(row.group_seeds), tuple(cid for _, cid in slots),
+            row.task_id,
+            int(row.round),
+            row.attempt,
+            row.opened_at,
+            row.deadline,
+            row.lr,
+            row.group_size,
+            RoundPlan.parse_group_seeds(row.group_seeds),
+            tuple(cid for _, cid in slots),
         )
 
     @staticmethod
@@ -122,7 +134,9 @@ class SqlStore(LedgerStore):
 
     def list_tasks(self) -> list[TaskSpec]:
         with self._tx() as s:
-            return [TaskSpec.from_canonical(bytes(g)) for g in s.execute(select(TaskRow.genesis).order_by(TaskRow.task_id)).scalars()]
+            return [
+                TaskSpec.from_canonical(bytes(g)) for g in s.execute(select(TaskRow.genesis).order_by(TaskRow.task_id)).scalars()
+            ]
 
     # -- clients
     def join_clients(self, joins: Sequence[PendingJoin]) -> list[Client]:
@@ -130,9 +144,18 @@ class SqlStore(LedgerStore):
             out = []
             for j in joins:
                 self._task_row(s, j.task_id)
-                row = s.execute(select(ClientRow).where(ClientRow.task_id == j.task_id, ClientRow.name == j.name)).scalar_one_or_none()
+                row = s.execute(
+                    select(ClientRow).where(ClientRow.task_id == j.task_id, ClientRow.name == j.name)
+                ).scalar_one_or_none()
                 if row is None:
-                    row = ClientRow(task_id=j.task_id, client_id=j.new_client_id, name=j.name, joined_at=j.now, lease_until=j.lease_until, last_seen=j.now)
+                    row = ClientRow(
+                        task_id=j.task_id,
+                        client_id=j.new_client_id,
+                        name=j.name,
+                        joined_at=j.now,
+                        lease_until=j.lease_until,
+                        last_seen=j.now,
+                    )
                     s.add(row)
                     s.flush()
                 else:
@@ -143,14 +166,19 @@ class SqlStore(LedgerStore):
     def leave_client(self, task_id: str, client_id: str, now: float) -> bool:
         with self._tx() as s:
             res = s.execute(
-                update(ClientRow).where(ClientRow.task_id == task_id, ClientRow.client_id == client_id).values(lease_until=0.0, last_seen=now)
+                update(ClientRow)
+                .where(ClientRow.task_id == task_id, ClientRow.client_id == client_id)
+                .values(lease_until=0.0, last_seen=now)
             )
             return res.rowcount > 0
 
     def get_clients(self, task_id: str) -> list[Client]:
         with self._tx() as s:
             self._task_row(s, task_id)
-            return [_client(r) for r in s.execute(select(ClientRow).where(ClientRow.task_id == task_id).order_by(ClientRow.id)).scalars()]
+            return [
+                _client(r)
+                for r in s.execute(select(ClientRow).where(ClientRow.task_id == task_id).order_by(ClientRow.id)).scalars()
+            ]
 
     # -- rounds
     def head(self, task_id: str) -> tuple[int, bytes]:
@@ -159,7 +187,13 @@ class SqlStore(LedgerStore):
 
     def last_attempt(self, task_id: str, round_no: int) -> int:
         with self._tx() as s:
-            return int(s.execute(select(func.coalesce(func.max(RoundRow.attempt), 0)).where(RoundRow.task_id == task_id, RoundRow.round == round_no)).scalar_one())
+            return int(
+                s.execute(
+                    select(func.coalesce(func.max(RoundRow.attempt), 0)).where(
+                        RoundRow.task_id == task_id, RoundRow.round == round_no
+                    )
+                ).scalar_one()
+            )
 
     def open_round(self, plan: RoundPlan) -> None:
         with self._tx() as s:
@@ -168,23 +202,40 @@ class SqlStore(LedgerStore):
                 raise StoreConflict(f"task {plan.task_id}: an attempt is already open")
             if plan.round != head + 1:
                 raise StoreConflict(f"round {plan.round} does not follow the head {head}")
-            last = s.execute(select(func.coalesce(func.max(RoundRow.attempt), 0)).where(RoundRow.task_id == plan.task_id, RoundRow.round == plan.round)).scalar_one()
+            last = s.execute(
+                select(func.coalesce(func.max(RoundRow.attempt), 0)).where(
+                    RoundRow.task_id == plan.task_id, RoundRow.round == plan.round
+                )
+            ).scalar_one()
             if plan.attempt != last + 1:
                 raise StoreConflict(f"attempt {plan.attempt} of round {plan.round} is not the next one")
             if len(set(plan.slots)) != len(plan.slots):
                 raise StoreConflict("assignments repeat a client")
             if plan.slots:
-                known = s.execute(select(func.count()).select_from(ClientRow).where(ClientRow.task_id == plan.task_id, ClientRow.client_id.in_(plan.slots))).scalar_one()
+                known = s.execute(
+                    select(func.count())
+                    .select_from(ClientRow)
+                    .where(ClientRow.task_id == plan.task_id, ClientRow.client_id.in_(plan.slots))
+                ).scalar_one()
                 if known != len(plan.slots):
                     raise StoreConflict("assignments name unknown clients")
             row = RoundRow(
-                task_id=plan.task_id, round=plan.round, attempt=plan.attempt, status=ROUND_OPEN, opened_at=plan.opened_at,
-                deadline=plan.deadline, lr=plan.lr, group_size=plan.group_size, group_seeds=plan.group_seeds_json(),
+                task_id=plan.task_id,
+                round=plan.round,
+                attempt=plan.attempt,
+                status=ROUND_OPEN,
+                opened_at=plan.opened_at,
+                deadline=plan.deadline,
+                lr=plan.lr,
+                group_size=plan.group_size,
+                group_seeds=plan.group_seeds_json(),
             )
             s.add(row)
             s.flush()
             if plan.slots:
-                s.execute(insert(AssignmentRow), [{"round_id": row.id, "client_id": cid, "slot": i} for i, cid in enumerate(plan.slots)])
+                s.execute(
+                    insert(AssignmentRow), [{"round_id": row.id, "client_id": cid, "slot": i} for i, cid in enumerate(plan.slots)]
+                )
 
     def get_open_round(self, task_id: str) -> OpenRound | None:
         with self._tx() as s:
@@ -203,9 +254,23 @@ class SqlStore(LedgerStore):
                     [{"t": t, "c": c, "lu": lu, "ls": ls} for (t, c), (lu, ls) in batch.leases.items()],
                 )
             for d in batch.digests:
-                s.execute(delete(DigestReportRow).where(DigestReportRow.task_id == d.task_id, DigestReportRow.client_id == d.client_id, DigestReportRow.round == d.round))
-                s.execute(insert(DigestReportRow).values(task_id=d.task_id, client_id=d.client_id, round=d.round, digest=d.digest, reported_at=d.reported_at))
-                s.execute(update(ClientRow).where(ClientRow.client_id == d.client_id).values(last_digest_round=d.round, last_digest=d.digest))
+                s.execute(
+                    delete(DigestReportRow).where(
+                        DigestReportRow.task_id == d.task_id,
+                        DigestReportRow.client_id == d.client_id,
+                        DigestReportRow.round == d.round,
+                    )
+                )
+                s.execute(
+                    insert(DigestReportRow).values(
+                        task_id=d.task_id, client_id=d.client_id, round=d.round, digest=d.digest, reported_at=d.reported_at
+                    )
+                )
+                s.execute(
+                    update(ClientRow)
+                    .where(ClientRow.client_id == d.client_id)
+                    .values(last_digest_round=d.round, last_digest=d.digest)
+                )
             return self._write_submissions(s, batch)
 
     def _write_submissions(self, s: Session, batch: WriteBatch) -> list[SubmitOutcome]:
@@ -237,8 +302,18 @@ class SqlStore(LedgerStore):
                 outcomes.append(SubmitOutcome.IDENTICAL if have == (sub.slot, sub.scalars) else SubmitOutcome.DUPLICATE)
                 continue
             existing[row.id][sub.client_id] = (sub.slot, sub.scalars)
-            rows.append({"round_id": row.id, "task_id": sub.task_id, "round": sub.round, "client_id": sub.client_id, "slot": sub.slot,
-                         "scalars": sub.scalars, "loss": sub.loss, "received_at": sub.received_at})
+            rows.append(
+                {
+                    "round_id": row.id,
+                    "task_id": sub.task_id,
+                    "round": sub.round,
+                    "client_id": sub.client_id,
+                    "slot": sub.slot,
+                    "scalars": sub.scalars,
+                    "loss": sub.loss,
+                    "received_at": sub.received_at,
+                }
+            )
             outcomes.append(SubmitOutcome.ACCEPTED)
         if rows:
             s.execute(insert(SubmissionRow), rows)
@@ -261,14 +336,19 @@ class SqlStore(LedgerStore):
                 verify_record(head_hash, rec, round_no)
             except LedgerError as exc:
                 raise StoreConflict(str(exc)) from None
-            stored = s.execute(select(func.count()).select_from(SubmissionRow).where(SubmissionRow.round_id == row.id)).scalar_one()
+            stored = s.execute(
+                select(func.count()).select_from(SubmissionRow).where(SubmissionRow.round_id == row.id)
+            ).scalar_one()
             if stored != result.submissions_counted:
                 raise StoreConflict(f"commit counts {result.submissions_counted} submissions, {stored} are stored")
             row.status, row.closed_at, row.hash = ROUND_COMMITTED, now, rec.hash
             row.payload = round_payload(rec.round, rec.entries)
             row.submissions_counted, row.mean_loss = result.submissions_counted, result.mean_loss
             if rec.seeds:
-                s.execute(insert(LedgerEntryRow), [{"task_id": task_id, "round": round_no, "seed": sd, "step": q} for sd, q in zip(rec.seeds, rec.steps)])
+                s.execute(
+                    insert(LedgerEntryRow),
+                    [{"task_id": task_id, "round": round_no, "seed": sd, "step": q} for sd, q in zip(rec.seeds, rec.steps)],
+                )
             self._add_seed_stats(s, task_id, result.seed_abs)
 
     @staticmethod
@@ -299,8 +379,12 @@ class SqlStore(LedgerStore):
 
     @staticmethod
     def _records(s: Session, task_id: str, first: int, last: int | None) -> list[RoundRecord]:
-        q = select(RoundRow.round, RoundRow.hash).where(RoundRow.task_id == task_id, RoundRow.status == ROUND_COMMITTED, RoundRow.round >= first)
-        e = select(LedgerEntryRow.round, LedgerEntryRow.seed, LedgerEntryRow.step).where(LedgerEntryRow.task_id == task_id, LedgerEntryRow.round >= first)
+        q = select(RoundRow.round, RoundRow.hash).where(
+            RoundRow.task_id == task_id, RoundRow.status == ROUND_COMMITTED, RoundRow.round >= first
+        )
+        e = select(LedgerEntryRow.round, LedgerEntryRow.seed, LedgerEntryRow.step).where(
+            LedgerEntryRow.task_id == task_id, LedgerEntryRow.round >= first
+        )
         if last is not None:
             q = q.where(RoundRow.round <= last)
             e = e.where(LedgerEntryRow.round <= last)
@@ -317,21 +401,35 @@ class SqlStore(LedgerStore):
     def round_attempts(self, task_id: str) -> list[RoundAttempt]:
         with self._tx() as s:
             counts = dict(
-                s.execute(select(SubmissionRow.round_id, func.count()).where(SubmissionRow.task_id == task_id).group_by(SubmissionRow.round_id)).all()
+                s.execute(
+                    select(SubmissionRow.round_id, func.count())
+                    .where(SubmissionRow.task_id == task_id)
+                    .group_by(SubmissionRow.round_id)
+                ).all()
             )
-            rows = s.execute(select(RoundRow).where(RoundRow.task_id == task_id).order_by(RoundRow.round, RoundRow.attempt)).scalars()
-            return [RoundAttempt(int(r.round), r.attempt, r.status, r.opened_at, r.closed_at, int(counts.get(r.id, 0))) for r in rows]
+            rows = s.execute(
+                select(RoundRow).where(RoundRow.task_id == task_id).order_by(RoundRow.round, RoundRow.attempt)
+            ).scalars()
+            return [
+                RoundAttempt(int(r.round), r.attempt, r.status, r.opened_at, r.closed_at, int(counts.get(r.id, 0))) for r in rows
+            ]
 
     def committed_submissions(self, task_id: str, round_no: int) -> tuple[RoundPlan, list[Submission]] | None:
         with self._tx() as s:
-            row = s.execute(select(RoundRow).where(RoundRow.task_id == task_id, RoundRow.round == round_no, RoundRow.status == ROUND_COMMITTED)).scalar_one_or_none()
+            row = s.execute(
+                select(RoundRow).where(
+                    RoundRow.task_id == task_id, RoundRow.round == round_no, RoundRow.status == ROUND_COMMITTED
+                )
+            ).scalar_one_or_none()
             if row is None:
                 return None
             return self._plan(s, row), self._submissions(s, row.id)
 
     def seed_stats(self, task_id: str) -> dict[int, tuple[float, int]]:
         with self._tx() as s:
-            rows = s.execute(select(SeedStatRow.seed, SeedStatRow.sum_abs, SeedStatRow.count).where(SeedStatRow.task_id == task_id))
+            rows = s.execute(
+                select(SeedStatRow.seed, SeedStatRow.sum_abs, SeedStatRow.count).where(SeedStatRow.task_id == task_id)
+            )
             return {int(sd): (a, int(n)) for sd, a, n in rows}
 
     def import_rounds(self, spec: TaskSpec, records: Sequence[RoundRecord], now: float | None = None) -> int:
@@ -342,7 +440,11 @@ class SqlStore(LedgerStore):
             raise TaskConflictError(f"task {spec.task_id!r} exists with a different genesis")
         with self._tx() as s:
             if stored_spec is None:
-                s.add(TaskRow(task_id=spec.task_id, genesis=spec.canonical_bytes(), genesis_hash=spec.genesis_hash(), created_at=now))
+                s.add(
+                    TaskRow(
+                        task_id=spec.task_id, genesis=spec.canonical_bytes(), genesis_hash=spec.genesis_hash(), created_at=now
+                    )
+                )
                 s.flush()
             if self._open_row(s, spec.task_id) is not None:
                 raise StoreConflict(f"task {spec.task_id}: an attempt is open; stop the coordinator first")
@@ -350,25 +452,58 @@ class SqlStore(LedgerStore):
             stored = self._records(s, spec.task_id, 1, None) if head else []
             new = check_import(spec, records, stored)
             for rec in new:
-                attempt = s.execute(select(func.coalesce(func.max(RoundRow.attempt), 0)).where(RoundRow.task_id == spec.task_id, RoundRow.round == rec.round)).scalar_one() + 1
-                s.add(RoundRow(
-                    task_id=spec.task_id, round=rec.round, attempt=attempt, status=ROUND_COMMITTED, opened_at=now, deadline=now, closed_at=now,
-                    lr=spec.lr_at(rec.round), group_size=spec.group_size, group_seeds="[]", hash=rec.hash,
-                    payload=round_payload(rec.round, rec.entries), submissions_counted=0,
-                ))
+                attempt = (
+                    s.execute(
+                        select(func.coalesce(func.max(RoundRow.attempt), 0)).where(
+                            RoundRow.task_id == spec.task_id, RoundRow.round == rec.round
+                        )
+                    ).scalar_one()
+                    + 1
+                )
+                s.add(
+                    RoundRow(
+                        task_id=spec.task_id,
+                        round=rec.round,
+                        attempt=attempt,
+                        status=ROUND_COMMITTED,
+                        opened_at=now,
+                        deadline=now,
+                        closed_at=now,
+                        lr=spec.lr_at(rec.round),
+                        group_size=spec.group_size,
+                        group_seeds="[]",
+                        hash=rec.hash,
+                        payload=round_payload(rec.round, rec.entries),
+                        submissions_counted=0,
+                    )
+                )
                 if rec.seeds:
-                    s.execute(insert(LedgerEntryRow), [{"task_id": spec.task_id, "round": rec.round, "seed": sd, "step": q} for sd, q in zip(rec.seeds, rec.steps)])
+                    s.execute(
+                        insert(LedgerEntryRow),
+                        [
+                            {"task_id": spec.task_id, "round": rec.round, "seed": sd, "step": q}
+                            for sd, q in zip(rec.seeds, rec.steps)
+                        ],
+                    )
             return len(new)
 
     def digest_reports(self, task_id: str, round_no: int) -> dict[str, str]:
         with self._tx() as s:
-            rows = s.execute(select(DigestReportRow.client_id, DigestReportRow.digest).where(DigestReportRow.task_id == task_id, DigestReportRow.round == round_no))
+            rows = s.execute(
+                select(DigestReportRow.client_id, DigestReportRow.digest).where(
+                    DigestReportRow.task_id == task_id, DigestReportRow.round == round_no
+                )
+            )
             return {c: d for c, d in rows}
 
     def digest_rounds(self, task_id: str, limit: int) -> list[int]:
         with self._tx() as s:
             rows = s.execute(
-                select(DigestReportRow.round).where(DigestReportRow.task_id == task_id).distinct().order_by(DigestReportRow.round.desc()).limit(limit)
+                select(DigestReportRow.round)
+                .where(DigestReportRow.task_id == task_id)
+                .distinct()
+                .order_by(DigestReportRow.round.desc())
+                .limit(limit)
             ).scalars()
             return [int(r) for r in rows]
 
@@ -380,9 +515,14 @@ class SqlStore(LedgerStore):
                 select(func.count()).select_from(RoundRow).where(RoundRow.task_id == task_id, RoundRow.status == ROUND_ABANDONED)
             ).scalar_one()
             size = s.execute(
-                select(func.coalesce(func.sum(func.length(RoundRow.payload)), 0)).where(RoundRow.task_id == task_id, RoundRow.status == ROUND_COMMITTED)
+                select(func.coalesce(func.sum(func.length(RoundRow.payload)), 0)).where(
+                    RoundRow.task_id == task_id, RoundRow.status == ROUND_COMMITTED
+                )
             ).scalar_one()
             loss = s.execute(
-                select(RoundRow.mean_loss).where(RoundRow.task_id == task_id, RoundRow.status == ROUND_COMMITTED).order_by(RoundRow.round.desc()).limit(1)
+                select(RoundRow.mean_loss)
+                .where(RoundRow.task_id == task_id, RoundRow.status == ROUND_COMMITTED)
+                .order_by(RoundRow.round.desc())
+                .limit(1)
             ).scalar_one_or_none()
             return TaskSummary(task_id, head, head_hash, int(clients), int(abandoned), int(size), loss)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import abc
 import enum
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from seedfed.shared.ledger import RoundRecord
+from seedfed.shared.round_math import CommitResult, RoundPlan, Submission
 from seedfed.shared.taskspec import TaskSpec
 
 
@@ -47,46 +47,6 @@ class Client:
     last_seen: float
     last_digest_round: int | None = None
     last_digest: str | None = None
-
-
-@dataclass(frozen=True)
-class RoundPlan:
-    """What one attempt at a round asks for, fixed when it opens."""
-
-    task_id: str
-    round: int
-    attempt: int
-    opened_at: float
-    deadline: float
-    lr: float
-    group_size: int
-    group_seeds: tuple[tuple[int, ...], ...]  # the seeds of each group, in probing order
-    slots: tuple[str, ...]  # client_id of each slot
-
-    def group_of_slot(self, slot: int) -> int:
-        return 0 if self.group_size <= 0 else slot // self.group_size
-
-    def seeds_of_slot(self, slot: int) -> tuple[int, ...]:
-        return self.group_seeds[self.group_of_slot(slot)]
-
-    def slot_of(self) -> dict[str, int]:
-        return {cid: slot for slot, cid in enumerate(self.slots)}
-
-    def group_seeds_json(self) -> str:
-        return json.dumps([list(g) for g in self.group_seeds], separators=(",", ":"))
-
-    @staticmethod
-    def parse_group_seeds(text: str) -> tuple[tuple[int, ...], ...]:
-        return tuple(tuple(int(s) for s in g) for g in json.loads(text))
-
-
-@dataclass(frozen=True)
-class Submission:
-    client_id: str
-    slot: int
-    scalars: bytes
-    loss: float | None
-    received_at: float
 
 
 @dataclass
@@ -142,16 +102,6 @@ class WriteBatch:
 
     def __bool__(self) -> bool:
         return bool(self.submissions or self.leases or self.digests)
-
-
-@dataclass(frozen=True)
-class CommitResult:
-    """Everything a commit writes, computed from the attempt's submissions (round_math.py)."""
-
-    record: RoundRecord
-    seed_abs: dict[int, tuple[float, int]]  # seed -> (sum of |aggregate|, count) to add to the stats
-    submissions_counted: int
-    mean_loss: float | None
 
 
 @dataclass(frozen=True)
@@ -268,7 +218,7 @@ class LedgerStore(abc.ABC):
     @abc.abstractmethod
     def summary(self, task_id: str) -> TaskSummary: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: only stores that hold connections override it
         pass
 
 
@@ -285,7 +235,7 @@ def check_import(spec: TaskSpec, records: Sequence[RoundRecord], stored: Sequenc
             raise StoreConflict(f"round {have.round} differs from the stored one: a different history")
     if len(stored) > len(records):
         return []
-    return list(records[len(stored):])
+    return list(records[len(stored) :])
 
 
 def canonical_spec(spec: TaskSpec) -> TaskSpec:
@@ -295,7 +245,17 @@ def canonical_spec(spec: TaskSpec) -> TaskSpec:
     return TaskSpec.from_canonical(spec.canonical_bytes())
 
 
-def plan_from_parts(task_id: str, round_no: int, attempt: int, opened_at: float, deadline: float, lr: float,
-                    group_size: int, group_seeds: Sequence[Sequence[int]], slots: Sequence[str]) -> RoundPlan:
-    return RoundPlan(task_id, round_no, attempt, opened_at, deadline, lr, group_size,
-                     tuple(tuple(g) for g in group_seeds), tuple(slots))
+def plan_from_parts(
+    task_id: str,
+    round_no: int,
+    attempt: int,
+    opened_at: float,
+    deadline: float,
+    lr: float,
+    group_size: int,
+    group_seeds: Sequence[Sequence[int]],
+    slots: Sequence[str],
+) -> RoundPlan:
+    return RoundPlan(
+        task_id, round_no, attempt, opened_at, deadline, lr, group_size, tuple(tuple(g) for g in group_seeds), tuple(slots)
+    )

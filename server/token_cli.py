@@ -11,7 +11,7 @@ import time
 
 import click
 
-from seedfed.server.db import DEFAULT_DB_URL, DatabaseError, normalize_url
+from seedfed.server.db import DEFAULT_DB_URL, DatabaseError
 
 DB_ENV = ("SEEDFED_TOKEN_DB", "SEEDFED_COORDINATOR_DB")
 DB_HELP = "coordinator database URL (env SEEDFED_TOKEN_DB or SEEDFED_COORDINATOR_DB)"
@@ -24,8 +24,6 @@ def _store(db_url: str):  # noqa: ANN202
         return open_token_store(db_url)
     except DatabaseError as exc:
         raise click.ClickException(str(exc)) from None
-    except Exception as exc:  # driver errors: unreachable server, bad credentials, ...
-        raise click.ClickException(f"cannot open database {normalize_url(db_url)}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
 
 
 def db_option(f):  # noqa: ANN001, ANN201

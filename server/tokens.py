@@ -99,13 +99,15 @@ class TokenStore:
     def active(self) -> dict[bytes, str]:
         """hash -> name of every token that is not revoked (the auth cache reloads this)."""
         with self._sessions() as s:
-            return dict((h, n) for h, n in s.execute(select(TokenRow.token_hash, TokenRow.name).where(TokenRow.revoked_at.is_(None))).all())
+            return dict(
+                (h, n)
+                for h, n in s.execute(select(TokenRow.token_hash, TokenRow.name).where(TokenRow.revoked_at.is_(None))).all()
+            )
 
 
 def open_token_store(url: str) -> TokenStore:
     """The token table of the coordinator database at ``url``, migrated to the newest schema."""
-    from seedfed.server.db import make_engine, upgrade_to_head
+    from seedfed.server.db import open_database
 
-    engine = make_engine(url)
-    upgrade_to_head(engine)
+    engine, _ = open_database(url)
     return TokenStore(engine)

@@ -11,7 +11,7 @@ import bisect
 import math
 from collections.abc import Sequence
 
-from seedfed.shared.philox_ref import STREAM_ASSIGNMENT, draw_word
+from seedfed.shared.philox import STREAM_ASSIGNMENT, draw_word
 
 
 def group_of(slot: int, group_size: int) -> int:

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ledger": ("seedfed.server.ledger_cli:ledger", "show, verify, dump and import ledgers"),
     "init": ("seedfed.client.cli:init_task", "write a task file (genesis) for a base model"),
     "client": ("seedfed.client.cli:client", "run an edge client daemon"),
-    "simulate": ("seedfed.client.simulate:simulate_command", "a local federation: coordinator plus N clients"),
+    "simulate": ("seedfed.client.simulate.cli:simulate_command", "a local federation: coordinator plus N clients"),
     "export": ("seedfed.client.export:export_command", "base weights + ledger -> Hugging Face model directory"),
     "eval": ("seedfed.client.evaluate:eval_command", "accuracy or loss of a model or task round on a data file"),
 }
@@ -37,7 +37,9 @@ class LazyGroup(click.Group):
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] in ("torch", "transformers", "safetensors"):
-                raise click.ClickException(f"'seedfed {name}' needs the client extras: pip install 'seedfed[client]' ({exc.name} is missing)") from None
+                raise click.ClickException(
+                    f"'seedfed {name}' needs the client extras: pip install 'seedfed[client]' ({exc.name} is missing)"
+                ) from None
             raise
         return getattr(module, attr)
 

@@ -54,6 +54,11 @@ def make_record(previous: bytes, round_no: int, entries: Mapping[int, int]) -> R
     return RoundRecord(round_no, seeds, tuple(entries[s] for s in seeds), chain_hash(previous, round_no, entries))
 
 
+def record_bytes(rec: RoundRecord) -> int:
+    """A committed round's size on the canonical record: its payload and its hash."""
+    return len(round_payload(rec.round, rec.entries)) + len(rec.hash)
+
+
 def check_entries(entries: Mapping[int, int]) -> None:
     for s, q in entries.items():
         if not (0 <= s < 2**32):
@@ -73,10 +78,14 @@ def verify_record(previous: bytes, record: RoundRecord, expected_round: int | No
     check_entries(record.entries)
     want = chain_hash(previous, record.round, record.entries)
     if want != record.hash:
-        raise LedgerError(f"round {record.round}: hash {record.hash.hex()[:16]}... does not extend the chain (expected {want.hex()[:16]}...)")
+        raise LedgerError(
+            f"round {record.round}: hash {record.hash.hex()[:16]}... does not extend the chain (expected {want.hex()[:16]}...)"
+        )
 
 
-def verify_chain(genesis_hash: bytes, records: Iterable[RoundRecord], first_round: int = 1, previous: bytes | None = None) -> bytes:
+def verify_chain(
+    genesis_hash: bytes, records: Iterable[RoundRecord], first_round: int = 1, previous: bytes | None = None
+) -> bytes:
     """Verify consecutive records; returns the head hash."""
     head = genesis_hash if previous is None else previous
     expected = first_round
@@ -96,7 +105,10 @@ def write_ledger_file(path: str | Path, spec: TaskSpec, records: Iterable[RoundR
         header = {"format": LEDGER_FORMAT, "genesis": spec.to_dict(), "genesis_hash": spec.genesis_hash().hex()}
         fh.write(json.dumps(header, sort_keys=True) + "\n")
         for rec in records:
-            fh.write(json.dumps({"round": rec.round, "seeds": list(rec.seeds), "steps": list(rec.steps), "hash": rec.hash.hex()}) + "\n")
+            fh.write(
+                json.dumps({"round": rec.round, "seeds": list(rec.seeds), "steps": list(rec.steps), "hash": rec.hash.hex()})
+                + "\n"
+            )
             n += 1
     return n
 
@@ -127,6 +139,11 @@ def _parse_rounds(path: str | Path, lines: list[str]) -> Iterator[RoundRecord]:
     for i, line in enumerate(lines, start=2):
         try:
             row = json.loads(line)
-            yield RoundRecord(int(row["round"]), tuple(int(s) for s in row["seeds"]), tuple(int(q) for q in row["steps"]), bytes.fromhex(row["hash"]))
+            yield RoundRecord(
+                int(row["round"]),
+                tuple(int(s) for s in row["seeds"]),
+                tuple(int(q) for q in row["steps"]),
+                bytes.fromhex(row["hash"]),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise LedgerError(f"{path}:{i}: bad round record: {exc}") from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from seedfed.shared.philox_ref import STREAM_STEP_ROUNDING, draw_uniform
+from seedfed.shared.philox import STREAM_STEP_ROUNDING, draw_uniform
 
 MAX_STEP = 2**30  # a single step larger than this is a configuration error, not a signal
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seedfed.shared.philox_ref import GENERATOR_ID
+from seedfed.shared.philox import GENERATOR_ID
 
 AGGREGATIONS = ("mean", "median", "trimmed_mean")
 SAMPLINGS = ("uniform", "fedkseed_pro")
@@ -27,6 +27,11 @@ DISTRIBUTIONS = ("rademacher",)
 OBJECTIVES = ("causal_lm", "classification")
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def genesis_hash_of(canonical: bytes) -> bytes:
+    """The hash that names a genesis: sha256 over a domain tag and its canonical bytes."""
+    return hashlib.sha256(b"seedfed-genesis-v1\0" + canonical).digest()
 
 
 class TaskSpecError(ValueError):
@@ -93,7 +98,7 @@ class TaskSpec:
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     # -- validation ----------------------------------------------------------------
-    def validate(self) -> "TaskSpec":
+    def validate(self) -> TaskSpec:
         problems: list[str] = []
 
         def need(ok: bool, msg: str) -> None:
@@ -142,10 +147,10 @@ class TaskSpec:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
     def genesis_hash(self) -> bytes:
-        return hashlib.sha256(b"seedfed-genesis-v1\0" + self.canonical_bytes()).digest()
+        return genesis_hash_of(self.canonical_bytes())
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "TaskSpec":
+    def from_dict(cls, raw: dict[str, Any]) -> TaskSpec:
         raw = dict(raw)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
@@ -158,7 +163,9 @@ class TaskSpec:
             raise TaskSpecError(f"unknown objective field(s): {', '.join(bad)}")
         if "labels" in obj_raw:
             obj_raw["labels"] = tuple(obj_raw["labels"])
-        missing = [n for n in ("task_id", "base_model", "base_digest", "manifest_digest", "unit_log2", "task_seed") if n not in raw]
+        missing = [
+            n for n in ("task_id", "base_model", "base_digest", "manifest_digest", "unit_log2", "task_seed") if n not in raw
+        ]
         if missing:
             raise TaskSpecError(f"missing task field(s): {', '.join(missing)}")
         try:
@@ -169,7 +176,7 @@ class TaskSpec:
         return spec.validate()
 
     @classmethod
-    def from_canonical(cls, data: bytes) -> "TaskSpec":
+    def from_canonical(cls, data: bytes) -> TaskSpec:
         try:
             raw = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -179,7 +186,7 @@ class TaskSpec:
         return cls.from_dict(raw)
 
     @classmethod
-    def load_toml(cls, path: str | Path) -> "TaskSpec":
+    def load_toml(cls, path: str | Path) -> TaskSpec:
         try:
             with open(path, "rb") as fh:
                 raw = tomllib.load(fh)

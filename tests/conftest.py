@@ -35,5 +35,7 @@ def postgres_url() -> str:
         with psycopg.connect(conninfo, connect_timeout=3) as conn:
             conn.execute("SELECT 1")
     except Exception as exc:  # no driver, no server, bad credentials
-        pytest.skip(f"no PostgreSQL server answers at {url}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        pytest.skip(
+            f"no PostgreSQL server answers at {url}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
     return url

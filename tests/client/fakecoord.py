@@ -20,7 +20,9 @@ from seedfed.v1 import coordinator_pb2 as pb
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
 
 
-def synthetic_ledger(spec: TaskSpec, rounds: int, seeds_per_round: int = 4, seed: int = 0, first: int = 1, previous: bytes | None = None) -> list[RoundRecord]:
+def synthetic_ledger(
+    spec: TaskSpec, rounds: int, seeds_per_round: int = 4, seed: int = 0, first: int = 1, previous: bytes | None = None
+) -> list[RoundRecord]:
     """Committed-looking rounds with small integer steps on seeds of the task's pool."""
     import random
 
@@ -53,7 +55,7 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         self.submits: list[pb.SubmitRequest] = []
         self.joins: list[str] = []
         self.left: list[str] = []
-        self.live: "queue.Queue[pb.SyncEvent]" = queue.Queue()
+        self.live: queue.Queue[pb.SyncEvent] = queue.Queue()
         self._lock = threading.Lock()
 
     def _genesis(self) -> pb.Genesis:
@@ -67,7 +69,14 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
     def Join(self, request, context):
         self.joins.append(request.name)
         r, h = self.head()
-        return pb.JoinResponse(client_id=f"id-{request.name}", genesis=self._genesis(), head_round=r, head_hash=h, lease_seconds=30, first_work_round=r + 1)
+        return pb.JoinResponse(
+            client_id=f"id-{request.name}",
+            genesis=self._genesis(),
+            head_round=r,
+            head_hash=h,
+            lease_seconds=30,
+            first_work_round=r + 1,
+        )
 
     def Leave(self, request, context):
         self.left.append(request.client_id)

@@ -45,13 +45,28 @@ class Coordinator:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "Coordinator":
+    def start(self) -> Coordinator:
         self.starts += 1
         log = open(self.workdir / f"coordinator-{self.starts}.log", "w")
         self.proc = subprocess.Popen(
-            SEEDFED + ["coordinator", "--task", str(self.task_file), "--db", self.db, "--listen", self.target, "--lease-seconds", str(self.lease_seconds),
-                       "--insecure", "--no-auth"],  # loopback: plaintext without tokens, chosen explicitly
-            stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=self.workdir,
+            SEEDFED
+            + [
+                "coordinator",
+                "--task",
+                str(self.task_file),
+                "--db",
+                self.db,
+                "--listen",
+                self.target,
+                "--lease-seconds",
+                str(self.lease_seconds),
+                "--insecure",
+                "--no-auth",
+            ],  # loopback: plaintext without tokens, chosen explicitly
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_env(),
+            cwd=self.workdir,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -81,19 +96,46 @@ class Coordinator:
 
 
 class Client:
-    def __init__(self, workdir: Path, name: str, coordinator: Coordinator, task_id: str, data: Path, cache: Path | None = None, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        coordinator: Coordinator,
+        task_id: str,
+        data: Path,
+        cache: Path | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.workdir, self.name = workdir, name
         self.events_path = workdir / f"{name}.events.jsonl"
         self.log_path = workdir / f"{name}.log"
         self.cache = cache or workdir / f"{name}-cache"
         self.args = SEEDFED + [
-            "client", "--coordinator", coordinator.target, "--task", task_id, "--data", str(data), "--device", "cpu",
-            "--cache", str(self.cache), "--name", name, "--events", str(self.events_path), "--quiet", "--insecure", *extra,
+            "client",
+            "--coordinator",
+            coordinator.target,
+            "--task",
+            task_id,
+            "--data",
+            str(data),
+            "--device",
+            "cpu",
+            "--cache",
+            str(self.cache),
+            "--name",
+            name,
+            "--events",
+            str(self.events_path),
+            "--quiet",
+            "--insecure",
+            *extra,
         ]
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Client":
-        self.proc = subprocess.Popen(self.args, stdout=open(self.log_path, "a"), stderr=subprocess.STDOUT, env=_env(), cwd=self.workdir)
+    def start(self) -> Client:
+        self.proc = subprocess.Popen(
+            self.args, stdout=open(self.log_path, "a"), stderr=subprocess.STDOUT, env=_env(), cwd=self.workdir
+        )
         return self
 
     def events(self, name: str | None = None) -> list[dict]:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
 from fakecoord import synthetic_ledger
+
 from seedfed.client.checkpoints import CheckpointError, CheckpointStore
 from seedfed.client.model import load_base
 from seedfed.client.replica import Replica

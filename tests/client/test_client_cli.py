@@ -9,10 +9,27 @@ from seedfed.shared.taskspec import TaskSpec
 
 def test_init_writes_a_loadable_genesis(tmp_path, engine, bert_dir):
     out = tmp_path / "task.toml"
-    result = CliRunner().invoke(init_task, [
-        "--model", str(bert_dir), "--task-id", "sst2-demo", "--labels", "negative, positive", "--task-seed", "11",
-        "--pool-size", "64", "--set", "digest_every=2", "--set", "aggregation=median", "-o", str(out),
-    ])
+    result = CliRunner().invoke(
+        init_task,
+        [
+            "--model",
+            str(bert_dir),
+            "--task-id",
+            "sst2-demo",
+            "--labels",
+            "negative, positive",
+            "--task-seed",
+            "11",
+            "--pool-size",
+            "64",
+            "--set",
+            "digest_every=2",
+            "--set",
+            "aggregation=median",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     spec = TaskSpec.load_toml(out)
     assert spec.objective.labels == ("negative", "positive") and spec.pool_size == 64 and spec.digest_every == 2
@@ -27,10 +44,29 @@ def test_init_writes_a_loadable_genesis(tmp_path, engine, bert_dir):
 def test_init_refuses_bad_input(tmp_path, engine, gpt2_dir):
     r = CliRunner().invoke(init_task, ["--model", str(gpt2_dir), "--task-id", "t", "-o", str(tmp_path / "a.toml")])
     assert r.exit_code != 0 and "--labels" in r.output
-    r = CliRunner().invoke(init_task, ["--model", str(gpt2_dir), "--task-id", "t", "--objective", "causal_lm", "--set", "nonsense=1", "-o", str(tmp_path / "b.toml")])
+    r = CliRunner().invoke(
+        init_task,
+        [
+            "--model",
+            str(gpt2_dir),
+            "--task-id",
+            "t",
+            "--objective",
+            "causal_lm",
+            "--set",
+            "nonsense=1",
+            "-o",
+            str(tmp_path / "b.toml"),
+        ],
+    )
     assert r.exit_code != 0 and "nonsense" in r.output
-    r = CliRunner().invoke(init_task, ["--model", str(tmp_path / "missing"), "--task-id", "t", "--objective", "causal_lm", "-o", str(tmp_path / "c.toml")])
+    r = CliRunner().invoke(
+        init_task,
+        ["--model", str(tmp_path / "missing"), "--task-id", "t", "--objective", "causal_lm", "-o", str(tmp_path / "c.toml")],
+    )
     assert r.exit_code != 0 and "cannot load model" in r.output
-    r = CliRunner().invoke(init_task, ["--model", str(gpt2_dir), "--task-id", "t", "--objective", "causal_lm", "-o", str(tmp_path / "d.toml")])
+    r = CliRunner().invoke(
+        init_task, ["--model", str(gpt2_dir), "--task-id", "t", "--objective", "causal_lm", "-o", str(tmp_path / "d.toml")]
+    )
     assert r.exit_code == 0, r.output
     assert TaskSpec.load_toml(tmp_path / "d.toml").objective.kind == "causal_lm"

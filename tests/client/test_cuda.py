@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
 import tinymodels
 from fakecoord import synthetic_ledger
+
 from seedfed.client.data import MinibatchSampler, read_classification
 from seedfed.client.model import load_base, resolve_device
 from seedfed.client.objectives import build_objective
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.cuda
 def test_gpu_replica_matches_cpu(tmp_path, bert_spec, bert_dir, dtype):
     import torch
 
-    from seedfed.shared.state import ComputeWeights
+    from seedfed.client.engine.state import ComputeWeights
 
     device = resolve_device("cuda")
     records = synthetic_ledger(bert_spec, 20)

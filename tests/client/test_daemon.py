@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 import tinymodels
 from fakecoord import FakeCoordinator, Served, commit_message, synthetic_ledger, wait_for
+
 from seedfed.client.daemon import ClientConfig, ClientDaemon
 from seedfed.client.model import load_base
 from seedfed.client.progress import Reporter, read_events
@@ -29,8 +29,16 @@ class Running:
     def __init__(self, tmp_path, target, spec, cache=None, name="c1", **extra):
         self.events_path = tmp_path / f"{name}-events.jsonl"
         data = tinymodels.write_classification(tmp_path / f"{name}.tsv", n=16, seed=hash(name) % 100)
-        config = ClientConfig(coordinator=target, task_id=spec.task_id, data=data, cache=cache or tmp_path / f"{name}-cache",
-                              name=name, checkpoint_every=2, backoff_cap_s=0.5, **extra)
+        config = ClientConfig(
+            coordinator=target,
+            task_id=spec.task_id,
+            data=data,
+            cache=cache or tmp_path / f"{name}-cache",
+            name=name,
+            checkpoint_every=2,
+            backoff_cap_s=0.5,
+            **extra,
+        )
         self.daemon = ClientDaemon(config, Reporter(quiet=True, events_path=self.events_path))
         self.code = None
         self.error = None

@@ -3,8 +3,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 import tinymodels
+
 from seedfed.client.data import DataError, MinibatchSampler, read_classification, read_examples, read_instructions
 
 LABELS = ("negative", "positive")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 
 import pytest
-
 import tinymodels
 from conftest import make_spec
 from procs import Client, Coordinator, wait_until

@@ -3,9 +3,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import tinymodels
 import torch
 
-import tinymodels
 from seedfed.client.data import read_classification, read_instructions
 from seedfed.client.model import load_base
 from seedfed.client.objectives import TEMPERATURE, CausalLMObjective, accuracy, build_objective, label_texts, mean_loss

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
-
 from fakecoord import synthetic_ledger
+
 from seedfed.client.model import describe_base, load_base
 from seedfed.client.replica import BaseDigestMismatch, Replica
 from seedfed.shared.ledger import LedgerError, RoundRecord
@@ -16,7 +16,10 @@ def test_base_digest_matches_description(bert_spec, bert_dir):
     replica = _replica(bert_spec, bert_dir)
     assert replica.digest() == bert_spec.base_digest
     assert replica.round == 0 and replica.head_hash == bert_spec.genesis_hash()
-    assert describe_base(load_base(str(bert_dir), "classification").module, bert_spec.task_seed, bert_spec.unit_log2).base_digest == bert_spec.base_digest
+    assert (
+        describe_base(load_base(str(bert_dir), "classification").module, bert_spec.task_seed, bert_spec.unit_log2).base_digest
+        == bert_spec.base_digest
+    )
 
 
 def test_wrong_base_is_refused_naming_both_digests(bert_spec, other_bert_dir):
@@ -24,7 +27,9 @@ def test_wrong_base_is_refused_naming_both_digests(bert_spec, other_bert_dir):
         _replica(bert_spec, other_bert_dir)
     message = str(info.value)
     assert bert_spec.base_digest in message
-    other = describe_base(load_base(str(other_bert_dir), "classification").module, bert_spec.task_seed, bert_spec.unit_log2).base_digest
+    other = describe_base(
+        load_base(str(other_bert_dir), "classification").module, bert_spec.task_seed, bert_spec.unit_log2
+    ).base_digest
     assert other in message
 
 

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import math
 
+import tinymodels
+
 from seedfed.client.data import MinibatchSampler, read_classification
 from seedfed.client.model import load_base
 from seedfed.client.objectives import build_objective
@@ -9,11 +11,9 @@ from seedfed.client.replica import Replica
 from seedfed.client.worker import Assignment, Prober, provisional_step, scalar_uniforms
 from seedfed.shared.quantize import decode_bytes
 
-import tinymodels
-
 
 def _prober(spec, model_dir, data_path, seed=0):
-    from seedfed.shared.state import ComputeWeights
+    from seedfed.client.engine.state import ComputeWeights
 
     base = load_base(str(model_dir), spec.objective.kind)
     replica = Replica.from_base(spec, base.module)

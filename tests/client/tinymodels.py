@@ -14,7 +14,15 @@ POSITIVE = ["good", "great", "lovely", "fine", "happy", "charming", "bright", "w
 NEGATIVE = ["bad", "awful", "dull", "poor", "sad", "bleak", "grim", "cold"]
 FILLER = ["the", "a", "film", "movie", "story", "was", "is", "very", "quite", "and", "it", "plot", "acting", "music"]
 LABELS = ("negative", "positive")
-WORDS = sorted(set(POSITIVE + NEGATIVE + FILLER + list(LABELS) + ["instruction", "context", "response", "what", "why", "how", "answer", "#", ":", "###"]))
+WORDS = sorted(
+    set(
+        POSITIVE
+        + NEGATIVE
+        + FILLER
+        + list(LABELS)
+        + ["instruction", "context", "response", "what", "why", "how", "answer", "#", ":", "###"]
+    )
+)
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[EOS]"]
 
 
@@ -43,12 +51,16 @@ def write_dolly(path: str | Path, n: int = 32, seed: int = 0) -> Path:
     rng = random.Random(seed)
     lines = []
     for i in range(n):
-        lines.append(json.dumps({
-            "instruction": f"what is the {rng.choice(FILLER)} {rng.choice(FILLER)}",
-            "context": "" if i % 2 else sentence(rng, i % 2),
-            "response": sentence(rng, rng.randint(0, 1)),
-            "category": "open_qa",
-        }))
+        lines.append(
+            json.dumps(
+                {
+                    "instruction": f"what is the {rng.choice(FILLER)} {rng.choice(FILLER)}",
+                    "context": "" if i % 2 else sentence(rng, i % 2),
+                    "response": sentence(rng, rng.randint(0, 1)),
+                    "category": "open_qa",
+                }
+            )
+        )
     Path(path).write_text("\n".join(lines) + "\n")
     return Path(path)
 
@@ -60,7 +72,9 @@ def _word_tokenizer():
     vocab = {tok: i for i, tok in enumerate(SPECIALS + WORDS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]", bos_token="[EOS]"), len(vocab)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]", bos_token="[EOS]"
+    ), len(vocab)
 
 
 def make_gpt2(directory: str | Path, seed: int = 0, n_embd: int = 32, n_layer: int = 2) -> Path:
@@ -70,8 +84,16 @@ def make_gpt2(directory: str | Path, seed: int = 0, n_embd: int = 32, n_layer: i
     directory = Path(directory)
     tokenizer, vocab_size = _word_tokenizer()
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=n_embd, n_layer=n_layer, n_head=2,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=64,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=2,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     GPT2LMHeadModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -87,8 +109,14 @@ def make_bert(directory: str | Path, seed: int = 0, hidden: int = 32, layers: in
     vocab.write_text("\n".join(SPECIALS[:5] + WORDS) + "\n")
     tokenizer = BertTokenizer(str(vocab))
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(SPECIALS[:5]) + len(WORDS), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=hidden * 2, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(SPECIALS[:5]) + len(WORDS),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

@@ -69,7 +69,9 @@ def dockerignore_allows(ignore: Path, rel: str) -> bool:
         pattern = line[1:] if negate else line
         pattern = pattern.replace("**/", "")
         parts = rel.split("/")
-        if any(fnmatch.fnmatch("/".join(parts[: i + 1]), pattern) or fnmatch.fnmatch(parts[i], pattern) for i in range(len(parts))):
+        if any(
+            fnmatch.fnmatch("/".join(parts[: i + 1]), pattern) or fnmatch.fnmatch(parts[i], pattern) for i in range(len(parts))
+        ):
             allowed = negate
     return allowed
 
@@ -128,7 +130,7 @@ def resolve(path: list[str]) -> tuple[click.Command, list[str]]:
         if sub is None:
             break
         cmd, used = sub, used + [word]
-    return cmd, path[len(used):]
+    return cmd, path[len(used) :]
 
 
 def env_names(path: list[str], cmd: click.Command) -> set[str]:

@@ -10,7 +10,6 @@ import re
 
 import click
 import pytest
-
 from deploy_helpers import (
     COMPOSE,
     ROOT,
@@ -61,7 +60,8 @@ def test_dependencies_can_be_satisfied() -> None:
             if condition == "service_healthy":
                 target = SERVICES[dep]
                 has_check = "healthcheck" in target or (
-                    "build" in target and any(i.keyword == "HEALTHCHECK" for i in stages(dockerfile(service_image_dockerfile(target)))[-1])
+                    "build" in target
+                    and any(i.keyword == "HEALTHCHECK" for i in stages(dockerfile(service_image_dockerfile(target)))[-1])
                 )
                 assert has_check, f"{name} waits for {dep} to be healthy, but {dep} has no health check"
 
@@ -90,7 +90,9 @@ def test_command_flags_exist(name: str) -> None:
     env = set(SERVICES[name].get("environment", {}))
     for p in cmd.params:
         if isinstance(p, click.Option) and p.required:
-            assert set(p.opts) & given or any(v.endswith("_" + p.name.upper()) for v in env), f"{name}: required {p.opts[0]} is missing"
+            assert set(p.opts) & given or any(v.endswith("_" + p.name.upper()) for v in env), (
+                f"{name}: required {p.opts[0]} is missing"
+            )
 
 
 def test_clients_get_their_token_from_the_secrets_volume() -> None:

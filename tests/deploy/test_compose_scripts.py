@@ -68,8 +68,14 @@ def test_clients_read_their_token_from_the_file(tmp_path) -> None:  # noqa: ANN0
     (tmp_path / "secrets").mkdir()
     for name in ("client-1", "client-2"):
         (tmp_path / "secrets" / f"{name}.token").write_text(f"sfk_secret_of_{name}\n")
-        out = subprocess.run(_script(name, tmp_path), env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"},
-                             check=True, capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(
+            _script(name, tmp_path),
+            env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"},
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
         assert f"token: sfk_secret_of_{name}" in out
         expected = " ".join(c.replace("/var/lib/seedfed", str(tmp_path)) for c in SERVICES[name]["command"])
         assert f"args: client {expected}" in out

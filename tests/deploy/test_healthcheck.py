@@ -10,6 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "security"))
 
 from sec_helpers import hardened, make_certs, make_spec  # noqa: E402
+
 from seedfed.server import healthcheck  # noqa: E402
 
 
@@ -33,8 +34,11 @@ def test_plaintext_and_tls(tmp_path) -> None:  # noqa: ANN001
             env = {"SEEDFED_COORDINATOR_LISTEN": f"0.0.0.0:{live.port}"}
             assert await asyncio.to_thread(healthcheck.main, [], env) == 0
         async with hardened(url, [make_spec()], certs=certs) as live:
-            env = {"SEEDFED_COORDINATOR_LISTEN": f"0.0.0.0:{live.port}", "SEEDFED_COORDINATOR_TLS_CERT": str(certs.cert),
-                   "SEEDFED_HEALTHCHECK_TLS_CA": str(certs.ca)}
+            env = {
+                "SEEDFED_COORDINATOR_LISTEN": f"0.0.0.0:{live.port}",
+                "SEEDFED_COORDINATOR_TLS_CERT": str(certs.cert),
+                "SEEDFED_HEALTHCHECK_TLS_CA": str(certs.ca),
+            }
             assert await asyncio.to_thread(healthcheck.main, [], env) == 0
             assert healthcheck.first_dns_name(str(certs.cert)) == "localhost"
             env_plain = {"SEEDFED_COORDINATOR_LISTEN": f"0.0.0.0:{live.port}"}

@@ -14,7 +14,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from deploy_helpers import (
     DOCKER,
     ROOT,
@@ -123,8 +122,12 @@ def test_coordinator_wheel_as_the_dockerfile_builds_it(tmp_path) -> None:  # noq
                 else:  # COPY file ./
                     shutil.copy2(ROOT / s, src / dest / Path(s).name)
     out = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(out), str(src)],
-                   check=True, capture_output=True, timeout=240)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(out), str(src)],
+        check=True,
+        capture_output=True,
+        timeout=240,
+    )
     (wheel,) = out.glob("seedfed-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
@@ -134,8 +137,14 @@ def test_coordinator_wheel_as_the_dockerfile_builds_it(tmp_path) -> None:  # noq
     assert installed, "no dependencies found in the wheel metadata"
     for req in installed:
         assert not req.lower().startswith(TORCH_STACK), f"`pip install seedfed[postgres]` would install {req}"
-    for needed in ("seedfed/server/healthcheck.py", "seedfed/server/migrations/script.py.mako", "seedfed/server/migrations/versions/0001_initial_schema.py",
-                   "seedfed/v1/coordinator_pb2.py", "seedfed/server/auth.py", "seedfed/shared/cli.py"):
+    for needed in (
+        "seedfed/server/healthcheck.py",
+        "seedfed/server/migrations/script.py.mako",
+        "seedfed/server/migrations/versions/0001_initial_schema.py",
+        "seedfed/v1/coordinator_pb2.py",
+        "seedfed/server/auth.py",
+        "seedfed/shared/cli.py",
+    ):
         assert needed in names, f"the wheel lacks {needed}"
     assert [n for n in names if n.startswith("seedfed/server/migrations/versions/") and n.endswith(".py")]
 

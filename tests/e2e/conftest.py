@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from seedfed.client.localrun import ClientProcess, CoordinatorProcess, start_client, start_coordinator
-from seedfed.client.sample_data import LABEL_NAMES, make_examples, write_tsv
-from seedfed.client.split import iid_split
-from seedfed.client.tinymodel import build_tiny_encoder
+from seedfed.client.simulate.processes import ClientProcess, CoordinatorProcess, start_client, start_coordinator
+from seedfed.client.simulate.sample_data import LABEL_NAMES, make_examples, write_tsv
+from seedfed.client.simulate.split import iid_split
+from seedfed.client.simulate.tinymodel import build_tiny_encoder
 from seedfed.shared.taskspec import Objective
 
 
@@ -50,18 +50,32 @@ class Federation:
 
     def start_coordinator(self) -> CoordinatorProcess:
         listen = self.address or f"127.0.0.1:{free_port()}"
-        self.coordinator = start_coordinator(self.db_url, self.root / "logs" / "coordinator.log", task_file=self.task_file, listen=listen, extra_args=self.coordinator_args)
+        self.coordinator = start_coordinator(
+            self.db_url,
+            self.root / "logs" / "coordinator.log",
+            task_file=self.task_file,
+            listen=listen,
+            extra_args=self.coordinator_args,
+        )
         self.address = self.coordinator.address
         return self.coordinator
 
     def start_client(self, name: str, share: int, extra: tuple[str, ...] = ()) -> ClientProcess:
-        proc = start_client(name, self.address, self.task_id, self.data(share), self.root / "cache" / name, self.root / "logs",
-                            model=str(self.model), extra_args=("--checkpoint-every", "2", *extra))
+        proc = start_client(
+            name,
+            self.address,
+            self.task_id,
+            self.data(share),
+            self.root / "cache" / name,
+            self.root / "logs",
+            model=str(self.model),
+            extra_args=("--checkpoint-every", "2", *extra),
+        )
         self.clients[name] = proc
         return proc
 
     def seedfed(self, *args: str) -> subprocess.CompletedProcess:
-        from seedfed.client.localrun import seedfed_command
+        from seedfed.client.simulate.processes import seedfed_command
 
         return subprocess.run([*seedfed_command(), *args], capture_output=True, text=True, timeout=300)
 
@@ -80,7 +94,19 @@ def build_federation(root: Path, db_url: str, *, shares: int = 3, rounds: int = 
         write_tsv(root / "data" / f"share-{i}.tsv", [rows[j] for j in part])
     build_tiny_encoder(root / "model", [t for t, _ in rows] + [f"a {lab} review" for lab in LABEL_NAMES], hidden=32)
     objective = Objective(kind="classification", labels=LABEL_NAMES, template="a {label} review", max_length=32)
-    fields = dict(min_clients=1, max_rounds=rounds, local_steps=2, batch_size=4, pool_size=64, lr=1e-3, round_deadline_s=4.0, digest_every=1) | genesis
+    fields = (
+        dict(
+            min_clients=1,
+            max_rounds=rounds,
+            local_steps=2,
+            batch_size=4,
+            pool_size=64,
+            lr=1e-3,
+            round_deadline_s=4.0,
+            digest_every=1,
+        )
+        | genesis
+    )
     task_id = f"e2e-{uuid.uuid4().hex[:8]}"
     spec = genesis_for_model(str(root / "model"), task_id, objective, task_seed=77, **fields)
     (root / "task.toml").write_text(spec.to_toml())

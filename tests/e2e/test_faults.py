@@ -14,12 +14,11 @@ import time
 import grpc
 import pytest
 
-from seedfed.client.localrun import Watchdog, coordinator_status, wait_for_round
+from seedfed.client.simulate.processes import Watchdog, coordinator_status, wait_for_round
 from seedfed.v1 import coordinator_pb2 as pb
 from seedfed.v1 import coordinator_pb2_grpc as pbg
 
 pytestmark = pytest.mark.slow
-
 
 
 def ledger_hashes(address: str, task_id: str) -> dict[int, bytes]:
@@ -135,7 +134,9 @@ def run_scenario(fed) -> None:
     # every live client's final state is exactly the export of the round it stopped at
     finals = {name: final_state(fed.clients[name]) for name in ("alice", "bob", "carol")}
     for r in sorted({r for r, _ in finals.values()}):
-        export = fed.seedfed("export", "--db", fed.db_url, "--task", fed.task_id, "--round", str(r), "-o", str(fed.root / f"export-{r}"))
+        export = fed.seedfed(
+            "export", "--db", fed.db_url, "--task", fed.task_id, "--round", str(r), "-o", str(fed.root / f"export-{r}")
+        )
         assert export.returncode == 0, export.stderr
         exported = re.search(r"digest ([0-9a-f]{64})", export.stdout).group(1)
         for name, (round_no, digest) in finals.items():

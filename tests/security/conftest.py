@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from sec_helpers import make_certs
 
 

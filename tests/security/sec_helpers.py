@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-
-from seedfed.server.app import start_coordinator
-from seedfed.server.engine import EngineConfig
-from seedfed.server.hardening import Hardening
-from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
 import spec_factory
 from spec_factory import BASE_DIGEST  # noqa: F401 - re-exported to the security tests
 
+from seedfed.server.app import start_coordinator
+from seedfed.server.hardening import Hardening
+from seedfed.server.rounds import EngineConfig
+from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
 
 # -- certificates --------------------------------------------------------------------
 
@@ -84,7 +83,10 @@ def make_certs(directory: Path) -> Certs:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -122,7 +124,9 @@ class _StreamMetadata(grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(self._details(client_call_details), request)
 
 
-def aio_channel(port: int, token: str | None = None, ca: Path | None = None, host: str = "127.0.0.1", options=()) -> grpc.aio.Channel:  # noqa: ANN001
+def aio_channel(
+    port: int, token: str | None = None, ca: Path | None = None, host: str = "127.0.0.1", options=()
+) -> grpc.aio.Channel:  # noqa: ANN001
     pairs = (("authorization", f"Bearer {token}"),)
     interceptors = [_UnaryMetadata(pairs), _StreamMetadata(pairs)] if token else None
     target = f"{host}:{port}"
@@ -151,8 +155,18 @@ class Live:
 
 
 @asynccontextmanager
-async def hardened(db_url: str, specs, *, certs: Certs | None = None, auth: bool = True, lease_seconds: float = 5.0,  # noqa: ANN001
-                   tick: float = 0.05, auth_refresh: float = 0.2, join_rate: float = 50.0, join_burst: float = 50.0):
+async def hardened(
+    db_url: str,
+    specs,
+    *,
+    certs: Certs | None = None,
+    auth: bool = True,
+    lease_seconds: float = 5.0,  # noqa: ANN001
+    tick: float = 0.05,
+    auth_refresh: float = 0.2,
+    join_rate: float = 50.0,
+    join_burst: float = 50.0,
+):
     h = Hardening.from_options(
         db_url,
         tls_cert=str(certs.cert) if certs else None,
@@ -165,8 +179,13 @@ async def hardened(db_url: str, specs, *, certs: Certs | None = None, auth: bool
     )
     await h.start()
     running = await start_coordinator(
-        db_url, "127.0.0.1:0", tasks=specs, config=EngineConfig(lease_seconds=lease_seconds, tick_seconds=tick),
-        observer=h.observer, interceptors=h.interceptors, credentials=h.credentials,
+        db_url,
+        "127.0.0.1:0",
+        tasks=specs,
+        config=EngineConfig(lease_seconds=lease_seconds, tick_seconds=tick),
+        observer=h.observer,
+        interceptors=h.interceptors,
+        credentials=h.credentials,
     )
     h.bind(running.coordinator)
     try:
@@ -178,15 +197,9 @@ async def hardened(db_url: str, specs, *, certs: Certs | None = None, auth: bool
 
 # -- tasks --------------------------------------------------------------------------------
 
+
 def make_spec(**overrides):  # noqa: ANN001, ANN201
     return spec_factory.make_spec(**{"task_id": "sec", "task_seed": 4242, **overrides})
-
-
-def reason_of(exc: grpc.RpcError) -> str:
-    for key, value in exc.trailing_metadata() or ():
-        if key == "seedfed-reason":
-            return value
-    return ""
 
 
 # -- a hardened coordinator on a thread of its own (for synchronous test code, e.g. hypothesis)
@@ -200,7 +213,7 @@ class ThreadedCoordinator:
         self.db_url, self.specs, self.kwargs = db_url, specs, kwargs
         self.live: Live | None = None
 
-    def __enter__(self) -> "ThreadedCoordinator":
+    def __enter__(self) -> ThreadedCoordinator:
         import threading
 
         self._loop = asyncio.new_event_loop()

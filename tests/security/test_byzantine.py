@@ -23,12 +23,12 @@ import math
 
 import grpc
 import pytest
-
+from loadclient import ScriptedClient
 from sec_helpers import BASE_DIGEST, make_spec
+
 from seedfed.server.app import start_coordinator
-from seedfed.server.engine import EngineConfig
-from seedfed.server.loadclient import ScriptedClient
 from seedfed.server.memory_store import MemoryStore
+from seedfed.server.rounds import EngineConfig
 from seedfed.shared.assignment import uniform_seeds
 from seedfed.shared.steps import fold
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
@@ -72,10 +72,19 @@ def byzantine(spec):  # noqa: ANN001, ANN201
 
 async def federation(rule: str, n_byzantine: int) -> dict[int, int]:
     """One run; returns the ledger folded per seed (asserting every client holds the same ledger)."""
-    spec = make_spec(task_id="byz", aggregation=rule, trim_fraction=0.3, group_size=0, local_steps=8,
-                     min_clients=N_CLIENTS, round_deadline_s=30.0, max_rounds=ROUNDS)
-    running = await start_coordinator("", "127.0.0.1:0", tasks=[spec], store=MemoryStore(),
-                                      config=EngineConfig(lease_seconds=30.0, tick_seconds=0.05))
+    spec = make_spec(
+        task_id="byz",
+        aggregation=rule,
+        trim_fraction=0.3,
+        group_size=0,
+        local_steps=8,
+        min_clients=N_CLIENTS,
+        round_deadline_s=30.0,
+        max_rounds=ROUNDS,
+    )
+    running = await start_coordinator(
+        "", "127.0.0.1:0", tasks=[spec], store=MemoryStore(), config=EngineConfig(lease_seconds=30.0, tick_seconds=0.05)
+    )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     try:
         s = pb_grpc.CoordinatorStub(channel)

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sec_helpers import make_spec
 
 SEEDFED = [str(Path(sys.executable).parent / "seedfed")]  # the console script of this environment
@@ -40,7 +39,9 @@ def task_file(tmp_path) -> Path:  # noqa: ANN001
 
 
 def test_refuses_to_start_without_a_transport_choice(tmp_path, task_file) -> None:  # noqa: ANN001
-    result = _seedfed("coordinator", "--db", f"sqlite:///{tmp_path / 'c.db'}", "--task", str(task_file), "--listen", "127.0.0.1:0")
+    result = _seedfed(
+        "coordinator", "--db", f"sqlite:///{tmp_path / 'c.db'}", "--task", str(task_file), "--listen", "127.0.0.1:0"
+    )
     assert result.returncode != 0
     assert "refusing to serve without TLS" in result.stderr and "--insecure" in result.stderr
 
@@ -52,9 +53,28 @@ def test_tls_tokens_metrics_logs_and_status(tmp_path, task_file, certs) -> None:
     token = created.stdout.strip()
     metrics_port = _free_port()
     proc = subprocess.Popen(
-        [*SEEDFED, "coordinator", "--db", db, "--task", str(task_file), "--listen", "127.0.0.1:0",
-         "--tls-cert", str(certs.cert), "--tls-key", str(certs.key), "--metrics-port", str(metrics_port), "--log-format", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        [
+            *SEEDFED,
+            "coordinator",
+            "--db",
+            db,
+            "--task",
+            str(task_file),
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            str(certs.cert),
+            "--tls-key",
+            str(certs.key),
+            "--metrics-port",
+            str(metrics_port),
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
     )
     try:
         line = proc.stdout.readline()
@@ -62,8 +82,17 @@ def test_tls_tokens_metrics_logs_and_status(tmp_path, task_file, certs) -> None:
         assert match, line + proc.stderr.read() if proc.poll() is not None else line
         port = match.group(1)
 
-        status = _seedfed("status", "--coordinator", f"localhost:{port}", "--tls-ca", str(certs.ca), "--token", token,
-                          "--metrics", f"http://127.0.0.1:{metrics_port}/metrics")
+        status = _seedfed(
+            "status",
+            "--coordinator",
+            f"localhost:{port}",
+            "--tls-ca",
+            str(certs.ca),
+            "--token",
+            token,
+            "--metrics",
+            f"http://127.0.0.1:{metrics_port}/metrics",
+        )
         assert status.returncode == 0, status.stderr
         for words in ("head round", "clients online", "rounds committed", "submissions refused", "bytes in", "round latency"):
             assert words in status.stdout, status.stdout
@@ -73,9 +102,15 @@ def test_tls_tokens_metrics_logs_and_status(tmp_path, task_file, certs) -> None:
         plain = _seedfed("status", "--coordinator", f"localhost:{port}", "--token", token)
         assert plain.returncode != 0 and "--tls-ca" in plain.stderr  # no transport choice: refused before dialling
 
-        health_env = {**ENV, "SEEDFED_COORDINATOR_LISTEN": f"0.0.0.0:{port}", "SEEDFED_COORDINATOR_TLS_CERT": str(certs.cert),
-                      "SEEDFED_HEALTHCHECK_TLS_CA": str(certs.ca)}
-        health = subprocess.run([sys.executable, "-m", "seedfed.server.healthcheck"], env=health_env, capture_output=True, text=True, timeout=30)
+        health_env = {
+            **ENV,
+            "SEEDFED_COORDINATOR_LISTEN": f"0.0.0.0:{port}",
+            "SEEDFED_COORDINATOR_TLS_CERT": str(certs.cert),
+            "SEEDFED_HEALTHCHECK_TLS_CA": str(certs.ca),
+        }
+        health = subprocess.run(
+            [sys.executable, "-m", "seedfed.server.healthcheck"], env=health_env, capture_output=True, text=True, timeout=30
+        )
         assert health.returncode == 0, health.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -93,16 +128,26 @@ def test_tls_tokens_metrics_logs_and_status(tmp_path, task_file, certs) -> None:
 def _tiny_task(root: Path) -> tuple[Path, Path, str]:
     """A tiny BERT, a data file and a task file (task id 'tok')."""
     from seedfed.client.genesis import genesis_for_model
-    from seedfed.client.sample_data import LABEL_NAMES, make_examples, write_tsv
-    from seedfed.client.tinymodel import build_tiny_encoder
+    from seedfed.client.simulate.sample_data import LABEL_NAMES, make_examples, write_tsv
+    from seedfed.client.simulate.tinymodel import build_tiny_encoder
     from seedfed.shared.taskspec import Objective
 
     rows = make_examples(60, seed=3)
     write_tsv(root / "train.tsv", rows)
     build_tiny_encoder(root / "model", [t for t, _ in rows] + [f"a {lab} review" for lab in LABEL_NAMES], hidden=32)
     objective = Objective(kind="classification", labels=LABEL_NAMES, template="a {label} review", max_length=32)
-    spec = genesis_for_model(str(root / "model"), "tok", objective, task_seed=9, min_clients=1, local_steps=2, batch_size=4,
-                             pool_size=64, lr=1e-3, round_deadline_s=5.0)
+    spec = genesis_for_model(
+        str(root / "model"),
+        "tok",
+        objective,
+        task_seed=9,
+        min_clients=1,
+        local_steps=2,
+        batch_size=4,
+        pool_size=64,
+        lr=1e-3,
+        round_deadline_s=5.0,
+    )
     (root / "task.toml").write_text(spec.to_toml())
     return root / "model", root / "train.tsv", "tok"
 
@@ -112,29 +157,72 @@ def test_a_client_process_with_a_token_over_tls_until_revoked(tmp_path, certs) -
     db = f"sqlite:///{tmp_path / 'c.db'}"
     token = _seedfed("token", "create", "--name", "laptop-1", "--db", db).stdout.strip()
     operator = _seedfed("token", "create", "--name", "operator", "--db", db).stdout.strip()
-    client_args = ["client", "--coordinator", "", "--task", task_id, "--data", str(data), "--cache", str(tmp_path / "cache"),
-                   "--model", str(model), "--name", "laptop-1", "--quiet"]
+    client_args = [
+        "client",
+        "--coordinator",
+        "",
+        "--task",
+        task_id,
+        "--data",
+        str(data),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--model",
+        str(model),
+        "--name",
+        "laptop-1",
+        "--quiet",
+    ]
 
     no_transport = _seedfed(*client_args[:2], "127.0.0.1:1", *client_args[3:])
     assert no_transport.returncode != 0 and "refusing to connect without TLS" in no_transport.stderr
 
-    coord = subprocess.Popen([*SEEDFED, "coordinator", "--db", db, "--task", str(tmp_path / "task.toml"), "--listen", "127.0.0.1:0",
-                              "--tls-cert", str(certs.cert), "--tls-key", str(certs.key), "--auth-refresh", "0.5"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    coord = subprocess.Popen(
+        [
+            *SEEDFED,
+            "coordinator",
+            "--db",
+            db,
+            "--task",
+            str(tmp_path / "task.toml"),
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            str(certs.cert),
+            "--tls-key",
+            str(certs.key),
+            "--auth-refresh",
+            "0.5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     client = None
     try:
         port = re.search(r"listening on [^:]+:(\d+)", coord.stdout.readline()).group(1)
         args = [*client_args[:2], f"localhost:{port}", *client_args[3:], "--tls-ca", str(certs.ca)]
-        client = subprocess.Popen([*SEEDFED, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  env={**ENV, "SEEDFED_CLIENT_TOKEN": token})
-        from seedfed.server.tls import dial
+        client = subprocess.Popen(
+            [*SEEDFED, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**ENV, "SEEDFED_CLIENT_TOKEN": token},
+        )
+        from seedfed.shared.tls import dial
         from seedfed.v1 import coordinator_pb2 as pb
         from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
 
         with dial(f"localhost:{port}", tls_ca=str(certs.ca), insecure=False) as channel:
             stub = pb_grpc.CoordinatorStub(channel)
             deadline = time.monotonic() + 120
-            while stub.Status(pb.StatusRequest(task_id=task_id), metadata=(("authorization", f"Bearer {operator}"),), timeout=5).head_round < 2:
+            while (
+                stub.Status(
+                    pb.StatusRequest(task_id=task_id), metadata=(("authorization", f"Bearer {operator}"),), timeout=5
+                ).head_round
+                < 2
+            ):
                 assert client.poll() is None, client.communicate()[1][-2000:]
                 assert time.monotonic() < deadline, "the client did not complete two rounds"
                 time.sleep(0.2)

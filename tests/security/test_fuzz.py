@@ -16,8 +16,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from sec_helpers import BASE_DIGEST, ThreadedCoordinator, make_spec
+
 from seedfed.server.tokens import open_token_store
 from seedfed.v1 import coordinator_pb2 as pb
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
@@ -49,7 +49,9 @@ class Target:
         self.channel = grpc.insecure_channel(f"127.0.0.1:{tc.port}", options=[("grpc.max_send_message_length", 4 * 1024 * 1024)])
         self.stub = pb_grpc.CoordinatorStub(self.channel)
         self.md = (("authorization", f"Bearer {token}"),)
-        self.anchor = self.stub.Join(pb.JoinRequest(task_id="fz", name="fuzzer", base_digest=BASE_DIGEST), metadata=self.md, timeout=5).client_id
+        self.anchor = self.stub.Join(
+            pb.JoinRequest(task_id="fz", name="fuzzer", base_digest=BASE_DIGEST), metadata=self.md, timeout=5
+        ).client_id
 
     def head(self) -> bytes:
         return self.stub.Status(pb.StatusRequest(task_id="fz"), metadata=self.md, timeout=5).head_hash
@@ -79,7 +81,9 @@ def target(tmp_path_factory):  # noqa: ANN001, ANN201
 u64 = st.one_of(st.sampled_from([0, 1, 2, 3, 2**32, 2**63, 2**64 - 1]), st.integers(0, 2**64 - 1))
 u32 = st.one_of(st.sampled_from([0, 1, 2**31, 2**32 - 1]), st.integers(0, 2**32 - 1))
 text = st.one_of(
-    st.sampled_from(["", "fz", "nope", "a" * 64, "a" * 65, "a" * 5000, "fz\n", "../../etc/passwd", "'; DROP TABLE rounds;--", "\u202efz"]),
+    st.sampled_from(
+        ["", "fz", "nope", "a" * 64, "a" * 65, "a" * 5000, "fz\n", "../../etc/passwd", "'; DROP TABLE rounds;--", "\u202efz"]
+    ),
     st.text(max_size=100),
     st.from_regex(r"[A-Za-z0-9_.:@-]{1,70}", fullmatch=True),
 )
@@ -97,11 +101,29 @@ auth = st.one_of(
 )
 
 requests = st.one_of(
-    st.builds(lambda t, n, d: ("Join", pb.JoinRequest(task_id=t, name=n, base_digest=d)), task_ids, st.one_of(text, st.just("fuzzer")), st.one_of(st.just(BASE_DIGEST), digests)),
+    st.builds(
+        lambda t, n, d: ("Join", pb.JoinRequest(task_id=t, name=n, base_digest=d)),
+        task_ids,
+        st.one_of(text, st.just("fuzzer")),
+        st.one_of(st.just(BASE_DIGEST), digests),
+    ),
     st.builds(lambda t, c: ("Leave", pb.LeaveRequest(task_id=t, client_id=c)), task_ids, text),  # never the anchor: it must stay
-    st.builds(lambda t, c, r, d: ("Heartbeat", pb.HeartbeatRequest(task_id=t, client_id=c, digest_round=r, digest=d)), task_ids, client_ids, u64, digests),
-    st.builds(lambda t, c, r, s, b, l: ("Submit", pb.SubmitRequest(task_id=t, client_id=c, round=r, slot=s, scalars=b, loss=l)),
-              task_ids, client_ids, st.one_of(st.just(1), u64), st.one_of(st.just(0), u32), scalars, losses),
+    st.builds(
+        lambda t, c, r, d: ("Heartbeat", pb.HeartbeatRequest(task_id=t, client_id=c, digest_round=r, digest=d)),
+        task_ids,
+        client_ids,
+        u64,
+        digests,
+    ),
+    st.builds(
+        lambda t, c, r, s, b, loss: ("Submit", pb.SubmitRequest(task_id=t, client_id=c, round=r, slot=s, scalars=b, loss=loss)),
+        task_ids,
+        client_ids,
+        st.one_of(st.just(1), u64),
+        st.one_of(st.just(0), u32),
+        scalars,
+        losses,
+    ),
     st.builds(lambda t, a, b: ("GetLedger", pb.GetLedgerRequest(task_id=t, from_round=a, to_round=b)), task_ids, u64, u64),
     st.builds(lambda t: ("Status", pb.StatusRequest(task_id=t)), task_ids),
     st.builds(lambda t, c, r: ("Sync", pb.SyncRequest(task_id=t, client_id=c, from_round=r)), task_ids, client_ids, u64),
@@ -157,8 +179,10 @@ def test_random_messages(target: Target, req, auth_value) -> None:  # noqa: ANN0
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
-    path=st.one_of(st.sampled_from([f"/seedfed.v1.Coordinator/{m}" for m in METHODS]),
-                   st.sampled_from(["/seedfed.v1.Coordinator/Nope", "/x/y", "/grpc.health.v1.Health/Check"])),
+    path=st.one_of(
+        st.sampled_from([f"/seedfed.v1.Coordinator/{m}" for m in METHODS]),
+        st.sampled_from(["/seedfed.v1.Coordinator/Nope", "/x/y", "/grpc.health.v1.Health/Check"]),
+    ),
     payload=st.one_of(st.binary(max_size=2048), st.just(b"\xff" * 64), st.just(b"\x0a\x05\xff\xfe\xfd\xfc\xfb")),
     with_token=st.booleans(),
 )

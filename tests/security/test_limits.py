@@ -6,10 +6,11 @@ import asyncio
 
 import grpc
 import pytest
+from sec_helpers import BASE_DIGEST, aio_channel, hardened, make_spec, stub
 
-from sec_helpers import BASE_DIGEST, aio_channel, hardened, make_spec, reason_of, stub
 from seedfed.server.errors import Refusal
 from seedfed.server.limits import PeerLimiter, TokenBucket, check_client_id, check_name, check_task_id, peer_host
+from seedfed.shared.wire import reason_of
 from seedfed.v1 import coordinator_pb2 as pb
 
 

@@ -10,9 +10,9 @@ import urllib.request
 
 import grpc
 import pytest
-
+from loadclient import ScriptedClient
 from sec_helpers import aio_channel, hardened, make_spec, stub
-from seedfed.server.loadclient import ScriptedClient
+
 from seedfed.server.metrics import summarize
 from seedfed.server.tokens import open_token_store
 from seedfed.shared.logs import configure_logging
@@ -29,8 +29,11 @@ def test_metrics_after_a_short_run(db_url) -> None:  # noqa: ANN001
             server, _ = live.hardening.metrics.serve(0)
             port = server.server_port
             try:
-                async with aio_channel(live.port, token=tokens[0]) as c0, aio_channel(live.port, token=tokens[1]) as c1, \
-                        aio_channel(live.port) as anon:
+                async with (
+                    aio_channel(live.port, token=tokens[0]) as c0,
+                    aio_channel(live.port, token=tokens[1]) as c1,
+                    aio_channel(live.port) as anon,
+                ):
                     clients = [ScriptedClient(stub(ch), spec.task_id, f"m{i}", spec.base_digest) for i, ch in enumerate((c0, c1))]
                     await asyncio.gather(*(c.run(3) for c in clients))
                     # A late submission (round 1 is committed) and an unauthenticated call.
@@ -38,7 +41,9 @@ def test_metrics_after_a_short_run(db_url) -> None:  # noqa: ANN001
                         await clients[0].submit(1, 0, b"\x01" * spec.local_steps)
                     with pytest.raises(grpc.aio.AioRpcError):
                         await stub(anon).Status(pb.StatusRequest(task_id=spec.task_id), timeout=5)
-                return await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+                return await asyncio.to_thread(
+                    lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+                )
             finally:
                 server.shutdown()
                 server.server_close()

@@ -7,10 +7,10 @@ import asyncio
 
 import grpc
 import pytest
-
 from sec_helpers import aio_channel, hardened, make_spec, stub
-from seedfed.server.tls import TransportError, check_client_transport, check_server_transport
+
 from seedfed.server.tokens import open_token_store
+from seedfed.shared.tls import TransportError, check_client_transport, check_server_transport
 from seedfed.v1 import coordinator_pb2 as pb
 
 
@@ -76,7 +76,7 @@ def test_client_transport_choice() -> None:
 
 
 def test_unreadable_or_wrong_pem_files_are_named(tmp_path, certs) -> None:  # noqa: ANN001
-    from seedfed.server.tls import server_credentials
+    from seedfed.shared.tls import server_credentials
 
     with pytest.raises(TransportError, match="cannot read"):
         server_credentials(tmp_path / "missing.pem", certs.key)

@@ -12,11 +12,12 @@ import grpc
 import pytest
 from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sec_helpers import BASE_DIGEST, aio_channel, hardened, make_spec, stub
 
-from sec_helpers import BASE_DIGEST, aio_channel, hardened, make_spec, reason_of, stub
 from seedfed.server.auth import bearer_token
 from seedfed.server.tokens import TokenError, TokenStore, open_token_store, token_hash
 from seedfed.shared.cli import cli
+from seedfed.shared.wire import reason_of
 from seedfed.v1 import coordinator_pb2 as pb
 
 
@@ -81,8 +82,11 @@ def test_every_rpc_but_health_needs_a_valid_token(db_url) -> None:  # noqa: ANN0
 
     async def main() -> None:
         async with hardened(db_url, [spec]) as live:
-            async with aio_channel(live.port) as anon, aio_channel(live.port, token="sfk_wrong") as wrong, \
-                    aio_channel(live.port, token=good) as ok:
+            async with (
+                aio_channel(live.port) as anon,
+                aio_channel(live.port, token="sfk_wrong") as wrong,
+                aio_channel(live.port, token=good) as ok,
+            ):
                 health = await health_pb2_grpc.HealthStub(anon).Check(health_pb2.HealthCheckRequest(), timeout=5)
                 assert health.status == health_pb2.HealthCheckResponse.SERVING
                 calls = [
@@ -161,12 +165,16 @@ def test_a_token_is_one_device(db_url) -> None:  # noqa: ANN001
                 for method, request in theirs:
                     with pytest.raises(grpc.aio.AioRpcError) as err:
                         await getattr(stub(m), method)(request, timeout=5)
-                    assert (err.value.code(), reason_of(err.value)) == (grpc.StatusCode.PERMISSION_DENIED, "not-your-client"), method
+                    assert (err.value.code(), reason_of(err.value)) == (grpc.StatusCode.PERMISSION_DENIED, "not-your-client"), (
+                        method
+                    )
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     async for _ in stub(m).Sync(pb.SyncRequest(task_id="sec", client_id=joined.client_id, from_round=1)):
                         pass
                 assert reason_of(err.value) == "not-your-client"
-                assert (await stub(a).Heartbeat(pb.HeartbeatRequest(task_id="sec", client_id=joined.client_id), timeout=5)).head_round == 0
+                assert (
+                    await stub(a).Heartbeat(pb.HeartbeatRequest(task_id="sec", client_id=joined.client_id), timeout=5)
+                ).head_round == 0
 
     run(main())
 

@@ -9,13 +9,13 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import grpc
+from loadclient import ScriptedClient
+from spec_factory import BASE_DIGEST, make_spec  # noqa: F401 - re-exported to the coordinator tests
 
 from seedfed.server.app import RunningCoordinator, start_coordinator
-from seedfed.server.engine import EngineConfig
-from seedfed.server.loadclient import ScriptedClient
+from seedfed.server.rounds import EngineConfig
 from seedfed.shared.taskspec import TaskSpec
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
-from spec_factory import BASE_DIGEST, make_spec  # noqa: F401 - re-exported to the coordinator tests
 
 T = TypeVar("T")
 
@@ -62,8 +62,8 @@ def audit(store, spec: TaskSpec) -> int:  # noqa: ANN001
     plan_round gives for its clients, and its record what compute_commit gives
     for its stored submissions (so no submission counted twice or lost).
     Returns the number of rounds checked."""
-    from seedfed.server.round_math import compute_commit, plan_round
     from seedfed.shared.ledger import verify_chain
+    from seedfed.shared.round_math import compute_commit, plan_round
 
     records = store.get_rounds(spec.task_id, 1)
     verify_chain(spec.genesis_hash(), records)

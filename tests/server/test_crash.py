@@ -18,18 +18,22 @@ from pathlib import Path
 
 import grpc
 import pytest
+from coord_helpers import audit, make_spec, run
+from loadclient import ScriptedClient
 from sqlalchemy import select
 
-from coord_helpers import audit, make_spec, run
 from seedfed.server.db import make_engine
-from seedfed.server.loadclient import ScriptedClient
 from seedfed.server.models import SubmissionRow
 from seedfed.server.sql_store import SqlStore
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
 
 KILLS = 22
 ROUNDS = 400  # more than the kills leave time for; the run is finished after the last kill
-CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 300)]
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 300),
+]
 
 
 def free_port() -> int:
@@ -40,9 +44,23 @@ def free_port() -> int:
 
 async def start_process(task_file: Path, db: str, port: int) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "seedfed.server", "--task", str(task_file), "--db", db, "--listen", f"127.0.0.1:{port}",
-        "--lease-seconds", "2", "--log-level", "warning", "--insecure", "--no-auth",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "seedfed.server",
+        "--task",
+        str(task_file),
+        "--db",
+        db,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--lease-seconds",
+        "2",
+        "--log-level",
+        "warning",
+        "--insecure",
+        "--no-auth",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     line = await asyncio.wait_for(proc.stdout.readline(), 30)
     assert b"listening on" in line, line
@@ -110,6 +128,8 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
             stored = {(row.client_id, row.round, bytes(row.scalars)) for row in conn.execute(select(SubmissionRow))}
         for c in clients:
             for round_no, _slot, scalars in c.acks:
-                assert (c.client_id, round_no, scalars) in stored, f"{c.name}: acknowledged submission for round {round_no} is not durable"
+                assert (c.client_id, round_no, scalars) in stored, (
+                    f"{c.name}: acknowledged submission for round {round_no} is not durable"
+                )
     finally:
         store.close()

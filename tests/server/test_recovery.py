@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from coord_helpers import audit, client, coordinator, make_spec, run, wait_until
 from sqlalchemy.exc import OperationalError
 
-from coord_helpers import audit, client, coordinator, make_spec, run, wait_until
-from seedfed.server.loadclient import reason_of
 from seedfed.server.memory_store import MemoryStore
+from seedfed.shared.wire import reason_of
 
 
 class FlakyStore(MemoryStore):
@@ -51,7 +51,6 @@ def test_failed_commits_recover_and_clients_miss_nothing() -> None:
             assert [r for r in sorted(a.commits)] == [1, 2, 3, 4, 5]
             assert audit(store, spec) >= 5
             assert not store.fail_before and not store.fail_after  # both failures happened
-
 
     run(scenario(), 60)
 

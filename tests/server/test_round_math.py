@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import random
 
+from coord_helpers import make_spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coord_helpers import make_spec
-from seedfed.server.round_math import compute_commit, group_count, plan_round
-from seedfed.server.store import Submission
 from seedfed.shared.assignment import uniform_seeds
+from seedfed.shared.round_math import Submission, compute_commit, group_count, plan_round
 from seedfed.shared.steps import integer_steps
 
 
@@ -38,7 +37,10 @@ def test_commit_aggregates_in_groups_and_averages_over_groups() -> None:
     # median of two values is their mean; two groups reported
     expected = integer_steps(
         [(g0[0], (1.0 + 2.0) / 2 / 2), (g0[1], (2.0 - 2.0) / 2 / 2), (g1[0], 5.0 / 2), (g1[1], 5.0 / 2)],
-        lr=plan.lr, unit=spec.unit, task_seed=spec.task_seed, round_no=3,
+        lr=plan.lr,
+        unit=spec.unit,
+        task_seed=spec.task_seed,
+        round_no=3,
     )
     assert result.record.entries == expected
     assert result.submissions_counted == 3 and result.mean_loss == 2.0
@@ -51,7 +53,9 @@ def test_commit_does_not_depend_on_arrival_order(payloads: list[bytes], rnd: ran
     spec = make_spec(group_size=3, local_steps=4, pool_size=64, aggregation="trimmed_mean")
     clients = [f"c{i}" for i in range(len(payloads))]
     plan = plan_round(spec, 5, 1, clients, {}, 0.0)
-    subs = [Submission(c, i, bytes(b if b != 0x80 else 0 for b in p), None, 0.0) for i, (c, p) in enumerate(zip(clients, payloads))]
+    subs = [
+        Submission(c, i, bytes(b if b != 0x80 else 0 for b in p), None, 0.0) for i, (c, p) in enumerate(zip(clients, payloads))
+    ]
     shuffled = subs[:]
     rnd.shuffle(shuffled)
     assert compute_commit(spec, plan, subs, b"\1" * 32) == compute_commit(spec, plan, shuffled, b"\1" * 32)

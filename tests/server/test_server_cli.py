@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
-
 from coord_helpers import make_spec
+
 from seedfed.server.cli import coordinator, status, task
 from seedfed.shared.taskspec import TaskSpec
 
@@ -69,8 +69,21 @@ def test_coordinator_process_serves_status_and_stops_on_sigterm(tmp_path: Path) 
     spec = make_spec()
     f = write_task(tmp_path / "task.toml", spec)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "seedfed.server", "--task", f, "--db", f"sqlite:///{tmp_path / 'c.db'}", "--listen", "127.0.0.1:0", *PLAIN],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "seedfed.server",
+            "--task",
+            f,
+            "--db",
+            f"sqlite:///{tmp_path / 'c.db'}",
+            "--listen",
+            "127.0.0.1:0",
+            *PLAIN,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = proc.stdout.readline()

@@ -6,16 +6,14 @@ import asyncio
 
 import grpc
 import pytest
+from coord_helpers import audit, client, coordinator, make_spec, run, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coord_helpers import audit, client, coordinator, make_spec, run, wait_until
-from seedfed.server.loadclient import reason_of
 from seedfed.server.memory_store import MemoryStore
 from seedfed.shared.assignment import uniform_seeds
 from seedfed.shared.ledger import verify_chain
+from seedfed.shared.wire import reason_of, record_of
 from seedfed.v1 import coordinator_pb2 as pb
-
-from seedfed.server.protocol import record_of
 
 
 async def ledger(stub, spec) -> list:  # noqa: ANN001
@@ -61,7 +59,9 @@ def test_full_run_with_clients_joining_and_leaving(sql_store) -> None:  # noqa: 
             assert audit(sql_store, spec) == len(records)
             for x in (a, b, c, d):
                 for r, slot, seeds in x.opens:
-                    assert seeds == tuple(uniform_seeds(spec.task_seed, r, slot // spec.group_size, spec.local_steps, spec.pool_size))
+                    assert seeds == tuple(
+                        uniform_seeds(spec.task_seed, r, slot // spec.group_size, spec.local_steps, spec.pool_size)
+                    )
             status = await stub.Status(pb.StatusRequest(task_id=spec.task_id))
             assert status.head_round >= len(records) and status.ledger_bytes > 0
             assert head_hash == records[-1].hash
@@ -80,7 +80,7 @@ def test_refusals_have_distinct_statuses_and_change_nothing() -> None:
             await b.join()
             syncs = [asyncio.create_task(x.sync()) for x in (a, b)]
             await wait_until(lambda: a.opens and b.opens, what="round 1 to open")
-            (r, slot_a, seeds), (_, slot_b, _) = a.opens[0], b.opens[0]
+            (r, slot_a, _), (_, slot_b, _) = a.opens[0], b.opens[0]
             assert r == 1 and {slot_a, slot_b} == {0, 1}
             good = bytes([1, 2, 3])
             ok = await a.submit(1, slot_a, good)
@@ -164,7 +164,9 @@ def test_abandoned_attempt_reopens_the_same_round_number() -> None:
             await b.join()
             ta = asyncio.create_task(a.run(3))
             tb = asyncio.create_task(b.sync())
-            await wait_until(lambda: any(x.status == "abandoned" for x in store.round_attempts(spec.task_id)), what="an abandoned attempt")
+            await wait_until(
+                lambda: any(x.status == "abandoned" for x in store.round_attempts(spec.task_id)), what="an abandoned attempt"
+            )
             assert store.head(spec.task_id)[0] == 0
             b.auto_submit = True  # b answers from the next attempt on
             await ta

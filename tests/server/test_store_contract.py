@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
 from coord_helpers import make_spec
-from seedfed.server.round_math import compute_commit, plan_round
+
 from seedfed.server.store import (
     DigestReport,
     LedgerStore,
@@ -18,6 +17,7 @@ from seedfed.server.store import (
     WriteBatch,
 )
 from seedfed.shared.ledger import verify_chain
+from seedfed.shared.round_math import compute_commit, plan_round
 
 SPEC = make_spec()
 
@@ -35,7 +35,9 @@ def _open(store: LedgerStore, clients: list[str], round_no: int = 1, attempt: in
 
 def _sub(plan, client_id: str, fill: int = 1, slot: int | None = None) -> PendingSubmission:  # noqa: ANN001
     slot = plan.slot_of()[client_id] if slot is None else slot
-    return PendingSubmission(SPEC.task_id, plan.round, plan.attempt, client_id, slot, bytes([fill]) * SPEC.local_steps, 0.25, 11.0)
+    return PendingSubmission(
+        SPEC.task_id, plan.round, plan.attempt, client_id, slot, bytes([fill]) * SPEC.local_steps, 0.25, 11.0
+    )
 
 
 def _commit(store: LedgerStore, plan):  # noqa: ANN001, ANN202
@@ -91,7 +93,9 @@ def test_open_round_checks_the_state_it_extends(store: LedgerStore) -> None:
 def test_submissions_are_idempotent_and_never_counted_twice(store: LedgerStore) -> None:
     ids = _setup(store)
     plan = _open(store, ids)
-    out = store.write_batch(WriteBatch(submissions=[_sub(plan, ids[0]), _sub(plan, ids[0]), _sub(plan, ids[0], fill=2), _sub(plan, ids[1])]))
+    out = store.write_batch(
+        WriteBatch(submissions=[_sub(plan, ids[0]), _sub(plan, ids[0]), _sub(plan, ids[0], fill=2), _sub(plan, ids[1])])
+    )
     assert out == [SubmitOutcome.ACCEPTED, SubmitOutcome.IDENTICAL, SubmitOutcome.DUPLICATE, SubmitOutcome.ACCEPTED]
     assert store.write_batch(WriteBatch(submissions=[_sub(plan, ids[0])])) == [SubmitOutcome.IDENTICAL]
     assert store.write_batch(WriteBatch(submissions=[_sub(plan, ids[1], fill=9)])) == [SubmitOutcome.DUPLICATE]
@@ -174,7 +178,11 @@ def test_leases_and_digest_reports_ride_in_batches(store: LedgerStore) -> None:
     assert store.write_batch(batch) == []
     c0 = store.get_clients(SPEC.task_id)[0]
     assert (c0.lease_until, c0.last_seen, c0.last_digest_round, c0.last_digest) == (500.0, 400.0, 1, "aa" * 32)
-    store.write_batch(WriteBatch(digests=[DigestReport(SPEC.task_id, ids[0], 1, "bb" * 32, 4.0), DigestReport(SPEC.task_id, ids[0], 2, "cc" * 32, 4.0)]))
+    store.write_batch(
+        WriteBatch(
+            digests=[DigestReport(SPEC.task_id, ids[0], 1, "bb" * 32, 4.0), DigestReport(SPEC.task_id, ids[0], 2, "cc" * 32, 4.0)]
+        )
+    )
     assert store.digest_reports(SPEC.task_id, 1) == {ids[0]: "bb" * 32, ids[1]: "bb" * 32}
     assert store.digest_rounds(SPEC.task_id, 10) == [2, 1]
 

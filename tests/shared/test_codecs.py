@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seedfed.shared import philox_ref
+from seedfed.shared import philox
 from seedfed.shared.aggregate import aggregate
 from seedfed.shared.assignment import group_of, pro_probabilities, uniform_seeds, weighted_seeds
 from seedfed.shared.quantize import BYTE_MAX, ScalarError, decode_bytes, decode_scalars, encode_scalar, encode_scalars
@@ -34,7 +34,7 @@ def test_encode_is_a_clipped_stochastic_rounding(value, u, scale):
 
 
 def test_stochastic_rounding_is_unbiased():
-    us = [philox_ref.draw_uniform((1, 2), i, 0, philox_ref.STREAM_SCALAR_ROUNDING) for i in range(20000)]
+    us = [philox.draw_uniform((1, 2), i, 0, philox.STREAM_SCALAR_ROUNDING) for i in range(20000)]
     for x in (0.3, -2.75, 100.1):
         mean = statistics.fmean(encode_scalar(x, 1.0, u) for u in us)
         assert abs(mean - x) < 0.02
@@ -72,7 +72,9 @@ def test_aggregation_rules():
 def test_aggregate_lies_within_the_reports_and_ignores_order(vals, rule):
     a = aggregate(vals, rule)
     assert min(vals) - 1e-6 <= a <= max(vals) + 1e-6
-    assert a == aggregate(list(reversed(sorted(vals))), rule) or math.isclose(a, aggregate(sorted(vals), rule), rel_tol=1e-12, abs_tol=1e-9)
+    assert a == aggregate(list(reversed(sorted(vals))), rule) or math.isclose(
+        a, aggregate(sorted(vals), rule), rel_tol=1e-12, abs_tol=1e-9
+    )
 
 
 def test_median_and_trimmed_mean_resist_a_byzantine_minority():

@@ -71,7 +71,17 @@ def test_toml_round_trip(tmp_path):
 
 def test_every_field_changes_the_hash():
     s = spec()
-    changes = dict(task_id="other", unit_log2=-23, task_seed=1, eps=2e-3, lr=2e-5, pool_size=64, local_steps=2, aggregation="median", scalar_scale=0.1)
+    changes = dict(
+        task_id="other",
+        unit_log2=-23,
+        task_seed=1,
+        eps=2e-3,
+        lr=2e-5,
+        pool_size=64,
+        local_steps=2,
+        aggregation="median",
+        scalar_scale=0.1,
+    )
     for k, v in changes.items():
         assert dataclasses.replace(s, **{k: v}).genesis_hash() != s.genesis_hash(), k
 
@@ -131,7 +141,11 @@ def test_lr_schedules():
     lin = spec(lr_schedule="linear", max_rounds=10)
     assert lin.lr_at(1) == 1e-5 and lin.lr_at(6) == pytest.approx(0.5e-5) and lin.lr_at(11) == 0.0
     cos = spec(lr_schedule="cosine", max_rounds=10)
-    assert cos.lr_at(1) == pytest.approx(1e-5) and cos.lr_at(6) == pytest.approx(0.5e-5) and cos.lr_at(11) == pytest.approx(0.0, abs=1e-20)
+    assert (
+        cos.lr_at(1) == pytest.approx(1e-5)
+        and cos.lr_at(6) == pytest.approx(0.5e-5)
+        and cos.lr_at(11) == pytest.approx(0.0, abs=1e-20)
+    )
     assert spec(unit_log2=-24).unit == 2.0**-24
 
 
@@ -147,11 +161,16 @@ def test_payload_is_canonical():
 def test_known_payload_and_hash():
     # published: a coordinator in another language must produce these bytes
     payload = round_payload(1, {7: -3, 2: 5})
-    assert payload.hex() == "736565646665642d726f756e642d76310000000000000000010000000200000002000000000000000500000007fffffffffffffffd"
+    assert (
+        payload.hex()
+        == "736565646665642d726f756e642d76310000000000000000010000000200000002000000000000000500000007fffffffffffffffd"
+    )
     assert chain_hash(b"\0" * 32, 1, {7: -3, 2: 5}) == hashlib.sha256(b"\0" * 32 + payload).digest()
 
 
-rounds_strategy = st.lists(st.dictionaries(st.integers(0, 2**32 - 1), st.integers(-(2**40), 2**40).filter(bool), max_size=5), max_size=8)
+rounds_strategy = st.lists(
+    st.dictionaries(st.integers(0, 2**32 - 1), st.integers(-(2**40), 2**40).filter(bool), max_size=5), max_size=8
+)
 
 
 @settings(deadline=None)
@@ -226,16 +245,32 @@ def test_ledger_file_round_trip_and_tamper_detection(tmp_path):
 
 
 def test_integer_in_a_float_field_hashes_like_its_canonical_form() -> None:
-    spec = TaskSpec(task_id="t", base_model="m", base_digest="0" * 64, manifest_digest="0" * 64, unit_log2=-20, task_seed=1,
-                    round_deadline_s=60, eps=1, objective=Objective(labels=("a", "b")))
+    spec = TaskSpec(
+        task_id="t",
+        base_model="m",
+        base_digest="0" * 64,
+        manifest_digest="0" * 64,
+        unit_log2=-20,
+        task_seed=1,
+        round_deadline_s=60,
+        eps=1,
+        objective=Objective(labels=("a", "b")),
+    )
     again = TaskSpec.from_canonical(spec.canonical_bytes())
     assert isinstance(spec.round_deadline_s, float) and isinstance(spec.eps, float)
     assert again.genesis_hash() == spec.genesis_hash()
 
 
 def test_a_task_id_with_a_trailing_newline_is_refused() -> None:
-    spec = TaskSpec(task_id="t", base_model="m", base_digest="0" * 64, manifest_digest="0" * 64, unit_log2=-20, task_seed=1,
-                    objective=Objective(labels=("a", "b")))
+    spec = TaskSpec(
+        task_id="t",
+        base_model="m",
+        base_digest="0" * 64,
+        manifest_digest="0" * 64,
+        unit_log2=-20,
+        task_seed=1,
+        objective=Objective(labels=("a", "b")),
+    )
     raw = spec.to_dict() | {"task_id": "demo\n"}
     with pytest.raises(TaskSpecError, match="task_id"):
         TaskSpec.from_dict(raw)

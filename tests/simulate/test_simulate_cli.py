@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from seedfed.client.localrun import seedfed_command
-from seedfed.client.sample_data import LABEL_NAMES, make_examples
-from seedfed.client.tinymodel import build_tiny_encoder
+from seedfed.client.simulate.processes import seedfed_command
+from seedfed.client.simulate.sample_data import LABEL_NAMES, make_examples
+from seedfed.client.simulate.tinymodel import build_tiny_encoder
 from seedfed.shared.ledger import read_ledger_file
 from seedfed.shared.taskspec import TaskSpec
 
@@ -41,8 +41,23 @@ def test_prepare_only_writes_what_the_compose_file_expects(tmp_path: Path, tiny_
 
 def test_simulate_runs_a_federation_and_every_client_holds_the_export(tmp_path: Path, tiny_model: Path) -> None:
     out = tmp_path / "sim"
-    r = seedfed("simulate", "--clients", "2", "--rounds", "4", "--split", "dirichlet", "--alpha", "0.5",
-                "--model", str(tiny_model), "--out", str(out), "--timeout", "500")
+    r = seedfed(
+        "simulate",
+        "--clients",
+        "2",
+        "--rounds",
+        "4",
+        "--split",
+        "dirichlet",
+        "--alpha",
+        "0.5",
+        "--model",
+        str(tiny_model),
+        "--out",
+        str(out),
+        "--timeout",
+        "500",
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "every client holds the exported model's digest" in r.stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -58,7 +73,9 @@ def test_simulate_runs_a_federation_and_every_client_holds_the_export(tmp_path: 
     assert dump.returncode == 0, dump.stderr
     spec, records = read_ledger_file(ledger)
     assert spec.task_id == "demo" and len(records) == 4
-    ev = seedfed("eval", "--ledger", str(ledger), "--model", str(out / "export"), "--data", str(out / "data" / "eval.tsv"), "--json")
+    ev = seedfed(
+        "eval", "--ledger", str(ledger), "--model", str(out / "export"), "--data", str(out / "data" / "eval.tsv"), "--json"
+    )
     assert ev.returncode == 0, ev.stderr
     result = json.loads(ev.stdout)
     assert result["accuracy"] == pytest.approx(summary["accuracy_after"])

@@ -2,8 +2,8 @@ from collections import Counter
 
 import pytest
 
-from seedfed.client.sample_data import make_examples
-from seedfed.client.split import dirichlet_split, iid_split
+from seedfed.client.simulate.sample_data import make_examples
+from seedfed.client.simulate.split import dirichlet_split, iid_split
 
 
 def test_iid_split_is_a_partition():

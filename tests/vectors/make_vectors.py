@@ -1,4 +1,4 @@
-"""Regenerate philox4x32_10.json from the scalar reference (seedfed.shared.philox_ref).
+"""Regenerate philox4x32_10.json from the scalar reference (seedfed.shared.philox).
 
     python tests/vectors/make_vectors.py
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from seedfed.shared.philox_ref import GENERATOR_ID, element_uniform, philox4x32, signs
+from seedfed.shared.philox import GENERATOR_ID, element_uniform, philox4x32, signs
 
 OUT = Path(__file__).with_name("philox4x32_10.json")
 
@@ -22,7 +22,14 @@ KAT = [
     ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0)),
 ]
 # (task_seed, seed, first flat element): block starts, mid-block, high blocks, extreme keys
-TRIPLES = [(0, 0, 0), (1, 2, 0), (12345, 7, 1000), (0xFFFFFFFF, 0xFFFFFFFF, 127), (42, 4095, 2**32 * 128 + 5), (2024, 1, 124_439_800)]
+TRIPLES = [
+    (0, 0, 0),
+    (1, 2, 0),
+    (12345, 7, 1000),
+    (0xFFFFFFFF, 0xFFFFFFFF, 127),
+    (42, 4095, 2**32 * 128 + 5),
+    (2024, 1, 124_439_800),
+]
 N_SIGNS = 160  # crosses a block boundary
 N_UNIFORMS = 9
 
@@ -45,11 +52,21 @@ def build() -> dict:
             for ctr, key in KAT
         ],
         "signs": [
-            {"task_seed": t, "seed": s, "first_element": e, "signs": "".join("-" if z < 0 else "+" for z in signs(t, s, e, N_SIGNS))}
+            {
+                "task_seed": t,
+                "seed": s,
+                "first_element": e,
+                "signs": "".join("-" if z < 0 else "+" for z in signs(t, s, e, N_SIGNS)),
+            }
             for t, s, e in TRIPLES
         ],
         "uniforms": [
-            {"task_seed": t, "seed": s, "first_element": e, "words": [hx(round(element_uniform(t, s, e + j) * 2**32)) for j in range(N_UNIFORMS)]}
+            {
+                "task_seed": t,
+                "seed": s,
+                "first_element": e,
+                "words": [hx(round(element_uniform(t, s, e + j) * 2**32)) for j in range(N_UNIFORMS)],
+            }
             for t, s, e in TRIPLES
         ],
     }

@@ -3,10 +3,11 @@
 Revision ID: 0002
 Revises: 0001
 """
+
 from __future__ import annotations
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 revision = "0002"
 down_revision = "0001"
@@ -28,13 +29,18 @@ def upgrade() -> None:
     with op.batch_alter_table("tokens", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_tokens_name"), ["name"], unique=False)
         batch_op.create_index(
-            "uq_tokens_active_name", ["name"], unique=True,
-            sqlite_where=sa.text("revoked_at IS NULL"), postgresql_where=sa.text("revoked_at IS NULL"),
+            "uq_tokens_active_name",
+            ["name"],
+            unique=True,
+            sqlite_where=sa.text("revoked_at IS NULL"),
+            postgresql_where=sa.text("revoked_at IS NULL"),
         )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("tokens", schema=None) as batch_op:
-        batch_op.drop_index("uq_tokens_active_name", sqlite_where=sa.text("revoked_at IS NULL"), postgresql_where=sa.text("revoked_at IS NULL"))
+        batch_op.drop_index(
+            "uq_tokens_active_name", sqlite_where=sa.text("revoked_at IS NULL"), postgresql_where=sa.text("revoked_at IS NULL")
+        )
         batch_op.drop_index(batch_op.f("ix_tokens_name"))
     op.drop_table("tokens")

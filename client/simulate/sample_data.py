@@ -10,9 +10,46 @@ import csv
 import random
 from pathlib import Path
 
-POSITIVE = ["wonderful", "delightful", "moving", "brilliant", "charming", "gripping", "funny", "beautiful", "clever", "heartfelt", "superb", "warm"]
-NEGATIVE = ["dull", "tedious", "clumsy", "boring", "lifeless", "shallow", "bland", "awkward", "tiresome", "messy", "forgettable", "flat"]
-SUBJECTS = ["the film", "this movie", "the story", "the acting", "the script", "the ending", "the soundtrack", "the director's work", "the cast", "the plot"]
+POSITIVE = [
+    "wonderful",
+    "delightful",
+    "moving",
+    "brilliant",
+    "charming",
+    "gripping",
+    "funny",
+    "beautiful",
+    "clever",
+    "heartfelt",
+    "superb",
+    "warm",
+]
+NEGATIVE = [
+    "dull",
+    "tedious",
+    "clumsy",
+    "boring",
+    "lifeless",
+    "shallow",
+    "bland",
+    "awkward",
+    "tiresome",
+    "messy",
+    "forgettable",
+    "flat",
+]
+SUBJECTS = [
+    "the film",
+    "this movie",
+    "the story",
+    "the acting",
+    "the script",
+    "the ending",
+    "the soundtrack",
+    "the director's work",
+    "the cast",
+    "the plot",
+]
 TEMPLATES = [
     "{s} is {a} .",
     "{s} feels {a} from start to finish .",

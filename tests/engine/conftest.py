@@ -9,7 +9,7 @@ transformers = pytest.importorskip("transformers")
 
 from engine_models import tiny_bert, tiny_gpt2  # noqa: E402
 
-from seedfed.shared import philox  # noqa: E402
+from seedfed.client.engine import philox  # noqa: E402
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import pytest
 import torch
 from engine_models import tiny_bert, tiny_gpt2
 
-from seedfed.shared import philox
-from seedfed.shared.manifest import ManifestError
-from seedfed.shared.probe import ProbeResult, probe
-from seedfed.shared.state import ComputeWeights, FixedPointState, choose_unit_log2
+from seedfed.client.engine import philox
+from seedfed.client.engine.manifest import ManifestError
+from seedfed.client.engine.probe import ProbeResult, probe
+from seedfed.client.engine.state import ComputeWeights, FixedPointState, choose_unit_log2
 
 TASK_SEED = 99
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from seedfed.server.errors import REASON_KEY
 from seedfed.shared.ledger import RoundRecord, verify_record
+from seedfed.shared.wire import reason_of
 from seedfed.v1 import coordinator_pb2 as pb
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -30,13 +30,6 @@ def hashed_scalars(name: str, round_no: int, slot: int, n: int) -> bytes:
         out.extend(b for b in block if b != 0x80)
         counter += 1
     return bytes(out[:n])
-
-
-def reason_of(exc: grpc.RpcError) -> str:
-    for key, value in (exc.trailing_metadata() or ()):
-        if key == REASON_KEY:
-            return value
-    return ""
 
 
 @dataclass
@@ -122,7 +115,11 @@ class ScriptedClient:
                         return
                 elif kind == "caught_up":
                     if event.caught_up.head_round != self.head_round or bytes(event.caught_up.head_hash) != self.head_hash:
-                        raise AssertionError(f"{self.name}: caught up at {event.caught_up.head_round} {bytes(event.caught_up.head_hash).hex()[:12]}, holding {self.head_round} {self.head_hash.hex()[:12]}")
+                        raise AssertionError(
+                            f"{self.name}: caught up at {event.caught_up.head_round} "
+                            f"{bytes(event.caught_up.head_hash).hex()[:12]}, "
+                            f"holding {self.head_round} {self.head_hash.hex()[:12]}"
+                        )
                     self.caught_up.set()
                     if until_round and self.head_round >= until_round:
                         return
@@ -147,7 +144,9 @@ class ScriptedClient:
             pass  # recorded in refusals (or the coordinator went away)
 
     async def submit(self, round_no: int, slot: int, scalars: bytes, loss: float = 0.5) -> pb.SubmitResponse:
-        req = pb.SubmitRequest(task_id=self.task_id, client_id=self.client_id, round=round_no, slot=slot, scalars=scalars, loss=loss)
+        req = pb.SubmitRequest(
+            task_id=self.task_id, client_id=self.client_id, round=round_no, slot=slot, scalars=scalars, loss=loss
+        )
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         try:

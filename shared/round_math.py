@@ -5,16 +5,67 @@ record after any restart.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from seedfed.server.store import CommitResult, RoundPlan, Submission
 from seedfed.shared.aggregate import aggregate
 from seedfed.shared.assignment import pro_probabilities, uniform_seeds, weighted_seeds
-from seedfed.shared.ledger import make_record
+from seedfed.shared.ledger import RoundRecord, make_record
 from seedfed.shared.quantize import decode_bytes
 from seedfed.shared.steps import integer_steps
 from seedfed.shared.taskspec import TaskSpec
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What one attempt at a round asks for, fixed when it opens."""
+
+    task_id: str
+    round: int
+    attempt: int
+    opened_at: float
+    deadline: float
+    lr: float
+    group_size: int
+    group_seeds: tuple[tuple[int, ...], ...]  # the seeds of each group, in probing order
+    slots: tuple[str, ...]  # client_id of each slot
+
+    def group_of_slot(self, slot: int) -> int:
+        return 0 if self.group_size <= 0 else slot // self.group_size
+
+    def seeds_of_slot(self, slot: int) -> tuple[int, ...]:
+        return self.group_seeds[self.group_of_slot(slot)]
+
+    def slot_of(self) -> dict[str, int]:
+        return {cid: slot for slot, cid in enumerate(self.slots)}
+
+    def group_seeds_json(self) -> str:
+        return json.dumps([list(g) for g in self.group_seeds], separators=(",", ":"))
+
+    @staticmethod
+    def parse_group_seeds(text: str) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(int(s) for s in g) for g in json.loads(text))
+
+
+@dataclass(frozen=True)
+class Submission:
+    client_id: str
+    slot: int
+    scalars: bytes
+    loss: float | None
+    received_at: float
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """Everything a commit writes, computed from the attempt's submissions (compute_commit)."""
+
+    record: RoundRecord
+    seed_abs: dict[int, tuple[float, int]]  # seed -> (sum of |aggregate|, count) to add to the stats
+    submissions_counted: int
+    mean_loss: float | None
 
 
 def group_count(n_clients: int, group_size: int) -> int:

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 from seedfed.server import errors
 from seedfed.server.observer import NULL_OBSERVER, Observer
-from seedfed.server.round_math import compute_commit, plan_round
 from seedfed.server.store import (
     CommitResult,
     DigestReport,
@@ -34,11 +33,12 @@ from seedfed.server.store import (
     PendingSubmission,
     RoundPlan,
     StoreConflict,
-    SubmitOutcome,
     Submission,
+    SubmitOutcome,
 )
 from seedfed.server.writer import StoreWriter
 from seedfed.shared.ledger import RoundRecord, round_payload
+from seedfed.shared.round_math import compute_commit, plan_round
 from seedfed.shared.taskspec import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -397,7 +397,9 @@ class TaskEngine:
         now = self.now()
         c.lease_until = max(c.lease_until, now + self.config.lease_seconds)  # a submission proves liveness
         loss_value = float(loss) if math.isfinite(loss) else None
-        outcome = await self.writer.submit(PendingSubmission(self.task_id, round_no, plan.attempt, client_id, slot, scalars, loss_value, now))
+        outcome = await self.writer.submit(
+            PendingSubmission(self.task_id, round_no, plan.attempt, client_id, slot, scalars, loss_value, now)
+        )
         if outcome is SubmitOutcome.LATE:
             raise errors.late(round_no)
         if outcome is SubmitOutcome.DUPLICATE:
@@ -419,11 +421,20 @@ class TaskEngine:
                 break
         o = self.open
         return StatusSnapshot(
-            self.task_id, self.head_round, self.head_hash,
-            o.plan.round if o else 0, o.plan.attempt if o else 0,
-            len(self.online_clients()), len(self.clients),
-            len(o.submissions) if o else 0, len(o.plan.slots) if o else 0,
-            digest_round, digest, self._ledger_bytes, self._last_loss, self.finished,
+            self.task_id,
+            self.head_round,
+            self.head_hash,
+            o.plan.round if o else 0,
+            o.plan.attempt if o else 0,
+            len(self.online_clients()),
+            len(self.clients),
+            len(o.submissions) if o else 0,
+            len(o.plan.slots) if o else 0,
+            digest_round,
+            digest,
+            self._ledger_bytes,
+            self._last_loss,
+            self.finished,
         )
 
     # -- the driver -----------------------------------------------------------
@@ -519,7 +530,9 @@ class TaskEngine:
         for seed, (a, n) in result.seed_abs.items():
             old = self._seed_stats.get(seed, (0.0, 0))
             self._seed_stats[seed] = (old[0] + a, old[1] + n)
-        self.observer.round_committed(self.task_id, rec.round, self.now() - self._open_started, time.perf_counter() - t0, result.submissions_counted)
+        self.observer.round_committed(
+            self.task_id, rec.round, self.now() - self._open_started, time.perf_counter() - t0, result.submissions_counted
+        )
         self._publish_commit(rec)
 
     async def _abandon(self, o: OpenState) -> None:
@@ -528,7 +541,13 @@ class TaskEngine:
         self._abandoned_round = o.plan.round
         self._abandoned_slots = (o.plan.round, o.slot_of)
         self.observer.round_abandoned(self.task_id, o.plan.round, o.plan.attempt, len(o.submissions))
-        log.info("task %s round %d attempt %d abandoned with %d submissions", self.task_id, o.plan.round, o.plan.attempt, len(o.submissions))
+        log.info(
+            "task %s round %d attempt %d abandoned with %d submissions",
+            self.task_id,
+            o.plan.round,
+            o.plan.attempt,
+            len(o.submissions),
+        )
 
 
 def _majority(reports: dict[str, str]) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from seedfed.shared.state import ComputeWeights
+from seedfed.client.engine.state import ComputeWeights
 
 
 @dataclass(frozen=True)

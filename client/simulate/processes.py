@@ -64,7 +64,9 @@ def _spawn(name: str, args: Sequence[str], log_path: Path, env: dict[str, str] |
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    popen = subprocess.Popen([*seedfed_command(), *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env)
+    popen = subprocess.Popen(
+        [*seedfed_command(), *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env
+    )
     log.close()
     return ManagedProcess(name, popen, log_path)
 
@@ -134,8 +136,24 @@ def start_client(
     transport: Sequence[str] = ("--insecure",),
 ) -> ClientProcess:
     events = log_dir / f"{name}.events.jsonl"
-    args = ["client", "--coordinator", coordinator, "--task", task_id, "--data", str(data), "--cache", str(cache), "--name", name,
-            "--events", str(events), "--quiet", *transport, *extra_args]
+    args = [
+        "client",
+        "--coordinator",
+        coordinator,
+        "--task",
+        task_id,
+        "--data",
+        str(data),
+        "--cache",
+        str(cache),
+        "--name",
+        name,
+        "--events",
+        str(events),
+        "--quiet",
+        *transport,
+        *extra_args,
+    ]
     if model:
         args += ["--model", model]
     proc = _spawn(name, args, log_dir / f"{name}.log", env={"OMP_NUM_THREADS": "1"})
@@ -151,7 +169,9 @@ def coordinator_status(address: str, task_id: str, timeout: float = 5.0, metadat
 
     with grpc.insecure_channel(address) as channel:
         try:
-            return pbg.CoordinatorStub(channel).Status(pb.StatusRequest(task_id=task_id), timeout=timeout, metadata=tuple(metadata))
+            return pbg.CoordinatorStub(channel).Status(
+                pb.StatusRequest(task_id=task_id), timeout=timeout, metadata=tuple(metadata)
+            )
         except grpc.RpcError:
             return None
 
@@ -186,7 +206,7 @@ class Watchdog:
         for p in self._processes:
             p.kill()
 
-    def __enter__(self) -> "Watchdog":
+    def __enter__(self) -> Watchdog:
         self._timer.start()
         return self
 

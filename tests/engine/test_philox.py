@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from seedfed.shared import philox, philox_ref
+from seedfed.client.engine import philox
+from seedfed.shared import philox as scalar_philox
 
 VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "philox4x32_10.json").read_text())
 
@@ -20,9 +21,9 @@ def words_hex(ws) -> list[str]:
 
 def test_random123_known_answers_scalar_reference():
     # Random123 kat_vectors for philox4x32_10, written out literally
-    assert philox_ref.philox4x32((0, 0, 0, 0), (0, 0)) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
-    assert philox_ref.philox4x32((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2) == (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)
-    assert philox_ref.philox4x32((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0)) == (
+    assert scalar_philox.philox4x32((0, 0, 0, 0), (0, 0)) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
+    assert scalar_philox.philox4x32((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2) == (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)
+    assert scalar_philox.philox4x32((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0)) == (
         0xD16CFE09,
         0x94FDCCEB,
         0x5001E420,
@@ -39,7 +40,7 @@ def test_published_kats_tensor(compiled, request):
         k = [int(x, 16) for x in v["key"]]
         out = philox.philox4x32_tensor(*[torch.tensor([x]) for x in c + k], compiled=compiled)
         assert words_hex(w[0] for w in out) == v["output"]
-        assert words_hex(philox_ref.philox4x32(tuple(c), tuple(k))) == v["output"]
+        assert words_hex(scalar_philox.philox4x32(tuple(c), tuple(k))) == v["output"]
 
 
 def test_vectors_file_is_what_the_reference_produces():
@@ -62,7 +63,7 @@ def test_random_counters_and_keys_match_reference(compiled, request):
         cols[j % 6][j] = rng.choice([0, 0xFFFFFFFF, 0x80000000, 0x7FFFFFFF])
     out = philox.philox4x32_tensor(*[torch.tensor(col, dtype=torch.int64) for col in cols], compiled=compiled)
     for i in range(n):
-        ref = philox_ref.philox4x32(tuple(col[i] for col in cols[:4]), (cols[4][i], cols[5][i]))
+        ref = scalar_philox.philox4x32(tuple(col[i] for col in cols[:4]), (cols[4][i], cols[5][i]))
         assert tuple(int(w[i]) for w in out) == ref, i
 
 
@@ -76,7 +77,7 @@ def test_outputs_are_uint32_in_int64():
 @pytest.mark.parametrize("vec", VECTORS["signs"], ids=lambda v: f"t{v['task_seed']}-s{v['seed']}-e{v['first_element']}")
 def test_sign_vectors(vec):
     want = [-1 if c == "-" else 1 for c in vec["signs"]]
-    assert philox_ref.signs(vec["task_seed"], vec["seed"], vec["first_element"], len(want)) == want
+    assert scalar_philox.signs(vec["task_seed"], vec["seed"], vec["first_element"], len(want)) == want
     z = philox.rademacher(vec["task_seed"], vec["seed"], len(want), first_element=vec["first_element"], compiled=False)
     assert z.dtype == torch.int32
     assert z.tolist() == want
@@ -86,7 +87,7 @@ def test_sign_vectors(vec):
 def test_uniform_vectors(vec):
     want = [int(w, 16) / 2**32 for w in vec["words"]]
     t, s, e = vec["task_seed"], vec["seed"], vec["first_element"]
-    assert [philox_ref.element_uniform(t, s, e + j) for j in range(len(want))] == want
+    assert [scalar_philox.element_uniform(t, s, e + j) for j in range(len(want))] == want
     u = philox.uniforms(t, s, len(want), first_element=e, compiled=False)
     assert u.dtype == torch.float64
     assert u.tolist() == want
@@ -98,7 +99,7 @@ def test_sign_words_layout_matches_block_signs():
     assert words.shape == (2, 4)
     for b in range(2):
         bits = [-1 if (int(words[b, j // 32]) >> (j % 32)) & 1 else 1 for j in range(128)]
-        assert bits == philox_ref.block_signs(5, 9, 3 + b)
+        assert bits == scalar_philox.block_signs(5, 9, 3 + b)
 
 
 def test_rademacher_any_window_matches_reference():
@@ -106,7 +107,7 @@ def test_rademacher_any_window_matches_reference():
     for _ in range(20):
         first = rng.randrange(0, 10_000)
         n = rng.randrange(1, 700)
-        assert philox.rademacher(11, 22, n, first_element=first).tolist() == philox_ref.signs(11, 22, first, n)
+        assert philox.rademacher(11, 22, n, first_element=first).tolist() == scalar_philox.signs(11, 22, first, n)
 
 
 def test_signs_are_balanced_and_seeds_independent():
@@ -121,7 +122,9 @@ def test_compiled_and_eager_generators_agree(compiled_ok):
         e = philox.sign_words(77, 88, first, n, compiled=False)
         c = philox.sign_words(77, 88, first, n, compiled=True)
         assert torch.equal(e, c)
-    assert torch.equal(philox.uniforms(3, 4, 999, first_element=5, compiled=False), philox.uniforms(3, 4, 999, first_element=5, compiled=True))
+    assert torch.equal(
+        philox.uniforms(3, 4, 999, first_element=5, compiled=False), philox.uniforms(3, 4, 999, first_element=5, compiled=True)
+    )
 
 
 @pytest.mark.parametrize("total", [1, 127, 128, 129, 70_001])
@@ -137,7 +140,10 @@ def test_compiled_and_eager_kernels_agree(compiled_ok, total):
         oc = torch.empty(total, dtype=dtype)
         philox.write_perturbed_(oe, base, 2.0**-12, 5, 6, 1e-3, compiled=False)
         philox.write_perturbed_(oc, base, 2.0**-12, 5, 6, 1e-3, compiled=True)
-        assert torch.equal(oe.view(torch.int16 if dtype == torch.bfloat16 else torch.int32), oc.view(torch.int16 if dtype == torch.bfloat16 else torch.int32))
+        assert torch.equal(
+            oe.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+            oc.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+        )
 
 
 def test_chunked_apply_spans_chunk_boundaries(monkeypatch):
@@ -145,7 +151,7 @@ def test_chunked_apply_spans_chunk_boundaries(monkeypatch):
     base = torch.zeros(total, dtype=torch.int32)
     monkeypatch.setattr(philox, "EAGER_CHUNK_BLOCKS", 4)  # many chunks and a part-block at the end
     philox.add_signs_(base, 9, 10, 3, compiled=False)
-    assert base.tolist() == [3 * z for z in philox_ref.signs(9, 10, 0, total)]
+    assert base.tolist() == [3 * z for z in scalar_philox.signs(9, 10, 0, total)]
 
 
 def test_compile_mode_from_environment(monkeypatch):
@@ -170,5 +176,5 @@ def test_failed_compile_falls_back_to_eager_with_a_warning(monkeypatch):
     flat = torch.zeros(300, dtype=torch.int32)
     with pytest.warns(RuntimeWarning, match="eager"):
         philox.add_signs_(flat, 1, 2, 4, compiled=True)
-    assert flat.tolist() == [4 * z for z in philox_ref.signs(1, 2, 0, 300)]
+    assert flat.tolist() == [4 * z for z in scalar_philox.signs(1, 2, 0, 300)]
     assert philox._compile_broken

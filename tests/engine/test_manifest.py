@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from seedfed.shared.manifest import Manifest, ManifestError, Slot
 from engine_models import tiny_bert, tiny_gpt2
+
+from seedfed.client.engine.manifest import Manifest, ManifestError, Slot
 
 
 def test_order_offsets_and_tied_weights_once(gpt2):

@@ -13,8 +13,8 @@ import pytest
 import torch
 from engine_models import tiny_bert, tiny_gpt2
 
-from seedfed.shared import philox_ref
-from seedfed.shared.state import INT32_LIMIT, FixedPointState, StateOverflowError, choose_unit_log2
+from seedfed.client.engine.state import INT32_LIMIT, FixedPointState, StateOverflowError, choose_unit_log2
+from seedfed.shared import philox
 from seedfed.shared.steps import fold
 
 TASK_SEED = 4242
@@ -77,7 +77,13 @@ def test_random_ledgers_property():
     base = base_state(model)
     for trial in range(8):
         rng = random.Random(100 + trial)
-        ledger = random_ledger(rng, rounds=rng.randint(1, 25), pool=rng.choice([4, 64, 2**32]), per_round=rng.randint(1, 3), max_step=rng.choice([1, 1000, 10**6]))
+        ledger = random_ledger(
+            rng,
+            rounds=rng.randint(1, 25),
+            pool=rng.choice([4, 64, 2**32]),
+            per_round=rng.randint(1, 3),
+            max_step=rng.choice([1, 1000, 10**6]),
+        )
         cut = rng.randint(0, len(ledger))
         a = base.copy()
         for r in ledger:
@@ -95,8 +101,8 @@ def test_apply_is_q_times_reference_signs():
     w0 = st.flat.clone()
     st.apply({3: 7, 9: -2})
     n = st.flat.numel()
-    z3 = torch.tensor(philox_ref.signs(TASK_SEED, 3, 0, n), dtype=torch.int32)
-    z9 = torch.tensor(philox_ref.signs(TASK_SEED, 9, 0, n), dtype=torch.int32)
+    z3 = torch.tensor(philox.signs(TASK_SEED, 3, 0, n), dtype=torch.int32)
+    z9 = torch.tensor(philox.signs(TASK_SEED, 9, 0, n), dtype=torch.int32)
     assert torch.equal(st.flat, w0 + 7 * z3 - 2 * z9)
 
 
@@ -229,7 +235,7 @@ def test_load_refuses_corrupt_and_foreign_files(tmp_path):
 _CHILD = textwrap.dedent(
     """
     import json, sys
-    from seedfed.shared.state import FixedPointState
+    from seedfed.client.engine.state import FixedPointState
     state, _ = FixedPointState.load(sys.argv[1])
     ledger = [{int(k): v for k, v in r.items()} for r in json.loads(sys.argv[2])]
     state.apply_history(ledger, fold=sys.argv[3] == "fold")
@@ -248,7 +254,9 @@ def test_two_processes_produce_the_same_digest(tmp_path):
     digests = []
     for compile_mode, how in (("0", "fold"), ("1", "rounds")):
         env = dict(os.environ, SEEDFED_COMPILE=compile_mode, PYTHONHASHSEED=compile_mode)
-        out = subprocess.run([sys.executable, "-c", _CHILD, str(path), arg, how], env=env, capture_output=True, text=True, timeout=300, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(path), arg, how], env=env, capture_output=True, text=True, timeout=300, check=True
+        )
         digests.append(out.stdout.strip().splitlines()[-1])
     base.apply_history(ledger)
     assert digests[0] == digests[1] == base.digest()

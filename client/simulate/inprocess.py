@@ -1,6 +1,6 @@
 """A federation inside one process, for comparing methods on one machine.
 
-It runs the coordinator's own round arithmetic (``seedfed.server.round_math``)
+It runs the coordinator's own round arithmetic (``seedfed.shared.round_math``)
 and the client's own prober (``seedfed.client.worker``) with no network in
 between, so a simulated run commits exactly the rounds a real deployment with
 the same submissions would. All clients share one replica: they hold the same
@@ -22,9 +22,8 @@ from seedfed.client.data import MinibatchSampler
 from seedfed.client.objectives import Objective
 from seedfed.client.replica import Replica
 from seedfed.client.worker import Assignment, Prober
-from seedfed.server.round_math import compute_commit, plan_round
-from seedfed.server.store import Submission
 from seedfed.shared.ledger import RoundRecord
+from seedfed.shared.round_math import Submission, compute_commit, plan_round
 from seedfed.v1 import coordinator_pb2 as pb
 
 
@@ -81,7 +80,14 @@ class InProcessFederation:
             submissions.append(Submission(client_id, slot, result.scalars, result.loss, time.time()))
             opened = pb.RoundOpen(round=round_no, slot=slot, seeds=seeds, deadline_unix=plan.deadline, lr=plan.lr)
             down += _event_size(pb.SyncEvent(open=opened))
-            request = pb.SubmitRequest(task_id=self.spec.task_id, client_id=client_id, round=round_no, slot=slot, scalars=result.scalars, loss=result.loss)
+            request = pb.SubmitRequest(
+                task_id=self.spec.task_id,
+                client_id=client_id,
+                round=round_no,
+                slot=slot,
+                scalars=result.scalars,
+                loss=result.loss,
+            )
             up += request.ByteSize() + 5
         commit = compute_commit(self.spec, plan, submissions, self.replica.head_hash)
         record = commit.record

@@ -8,8 +8,8 @@ import pytest
 import torch
 from engine_models import tiny_gpt2
 
-from seedfed.shared.probe import probe
-from seedfed.shared.state import ComputeWeights, FixedPointState, choose_unit_log2
+from seedfed.client.engine.probe import probe
+from seedfed.client.engine.state import ComputeWeights, FixedPointState, choose_unit_log2
 
 pytestmark = pytest.mark.cuda
 
@@ -55,7 +55,7 @@ def test_cpu_and_cuda_compute_weights_are_bitwise_equal(dtype):
 
 def test_large_state_crosses_chunks_identically():
     """A state larger than one compiled chunk, with a part-block tail."""
-    from seedfed.shared import philox
+    from seedfed.client.engine import philox
 
     n = philox.COMPILED_CHUNK_BLOCKS * 128 + 12345
     base = torch.randint(-(2**20), 2**20, (n,), dtype=torch.int32, generator=torch.Generator().manual_seed(0))

@@ -14,5 +14,12 @@ def tiny_gpt2(seed: int = 0):
 
 def tiny_bert(seed: int = 0):
     torch.manual_seed(seed)
-    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=96, max_position_embeddings=32)
+    cfg = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=96,
+        max_position_embeddings=32,
+    )
     return transformers.BertModel(cfg).eval()

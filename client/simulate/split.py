@@ -20,7 +20,9 @@ def iid_split(n_items: int, n_clients: int, seed: int = 0) -> list[list[int]]:
     return [sorted(order[c::n_clients]) for c in range(n_clients)]
 
 
-def dirichlet_split(labels: Sequence[Hashable], n_clients: int, alpha: float, seed: int = 0, min_per_client: int = 1) -> list[list[int]]:
+def dirichlet_split(
+    labels: Sequence[Hashable], n_clients: int, alpha: float, seed: int = 0, min_per_client: int = 1
+) -> list[list[int]]:
     """Indices per client. Redraws (a bounded number of times) until every
     client holds at least ``min_per_client`` items, so no client is idle."""
     if n_clients < 1:

@@ -44,7 +44,7 @@ class Manifest:
         return self.slots[-1].end if self.slots else 0
 
     @classmethod
-    def from_module(cls, module: torch.nn.Module) -> "Manifest":
+    def from_module(cls, module: torch.nn.Module) -> Manifest:
         slots: list[Slot] = []
         offset = 0
         for name, p in module.named_parameters():  # remove_duplicate=True: tied weights once
@@ -83,7 +83,9 @@ class Manifest:
         if list(params) != names:
             missing = sorted(set(names) - set(params))
             extra = sorted(set(params) - set(names))
-            raise ManifestError(f"module parameters do not match the manifest (missing {missing[:5]}, unexpected {extra[:5]}, or another order)")
+            raise ManifestError(
+                f"module parameters do not match the manifest (missing {missing[:5]}, unexpected {extra[:5]}, or another order)"
+            )
         for s in self.slots:
             if tuple(params[s.name].shape) != s.shape:
                 raise ManifestError(f"parameter {s.name}: shape {tuple(params[s.name].shape)}, manifest says {s.shape}")
@@ -94,7 +96,7 @@ class Manifest:
         return json.dumps([[s.name, list(s.shape), s.dtype] for s in self.slots], separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         slots = []
         offset = 0
         for name, shape, dtype in json.loads(text):

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from seedfed.shared import philox
-from seedfed.shared.manifest import Manifest, ManifestError
+from seedfed.client.engine import philox
+from seedfed.client.engine.manifest import Manifest, ManifestError
 from seedfed.shared.steps import fold
 
 INT32_LIMIT = 2**31 - 1  # |W| never exceeds this (so -W and |W| are always int32 too)
@@ -76,7 +76,7 @@ class FixedPointState:
 
     # -- construction ---------------------------------------------------------------
     @classmethod
-    def from_module(cls, module: torch.nn.Module, unit_log2: int, task_seed: int, device="cpu") -> "FixedPointState":
+    def from_module(cls, module: torch.nn.Module, unit_log2: int, task_seed: int, device="cpu") -> FixedPointState:
         manifest = Manifest.from_module(module)
         params = dict(module.named_parameters())
         flat = torch.empty(manifest.total, dtype=torch.int32, device=device)
@@ -85,14 +85,16 @@ class FixedPointState:
             # float64 holds every fp32/bf16/fp16 value exactly; * 2**-unit_log2 is exact; round half to even
             w = torch.round(params[slot.name].detach().to(device=device, dtype=torch.float64).reshape(-1) * scale)
             if not bool(torch.isfinite(w).all()) or float(w.abs().max()) > INT32_LIMIT:
-                raise StateOverflowError(f"parameter {slot.name} does not fit int32 at unit 2**{unit_log2}; use a coarser unit (choose_unit_log2)")
+                raise StateOverflowError(
+                    f"parameter {slot.name} does not fit int32 at unit 2**{unit_log2}; use a coarser unit (choose_unit_log2)"
+                )
             flat[slot.offset : slot.end] = w.to(torch.int32)
         return cls(flat, manifest, unit_log2, task_seed)
 
-    def copy(self) -> "FixedPointState":
+    def copy(self) -> FixedPointState:
         return FixedPointState(self.flat.clone(), self.manifest, self.unit_log2, self.task_seed, bound=self._current_bound())
 
-    def to(self, device) -> "FixedPointState":
+    def to(self, device) -> FixedPointState:
         if torch.device(device) == self.device:
             return self
         return FixedPointState(self.flat.to(device), self.manifest, self.unit_log2, self.task_seed, bound=self._current_bound())
@@ -213,7 +215,7 @@ class FixedPointState:
         save_file({"W": self.flat.detach().cpu().contiguous()}, str(path), metadata=metadata)
 
     @classmethod
-    def load(cls, path, device="cpu") -> tuple["FixedPointState", dict[str, str]]:
+    def load(cls, path, device="cpu") -> tuple[FixedPointState, dict[str, str]]:
         """Read a saved state; raises ValueError if the file is not one or its bytes do not match its digest."""
         from safetensors import safe_open
 
@@ -227,7 +229,9 @@ class FixedPointState:
             raise ValueError(f"{path}: not a {_STATE_FORMAT} file")
         try:
             manifest = Manifest.from_json(metadata[_META_PREFIX + "manifest"])
-            state = cls(flat.to(device), manifest, int(metadata[_META_PREFIX + "unit_log2"]), int(metadata[_META_PREFIX + "task_seed"]))
+            state = cls(
+                flat.to(device), manifest, int(metadata[_META_PREFIX + "unit_log2"]), int(metadata[_META_PREFIX + "task_seed"])
+            )
         except (KeyError, ValueError, TypeError) as exc:
             raise ValueError(f"{path}: bad state metadata ({exc})") from None
         if state.digest() != metadata.get(_META_PREFIX + "digest"):
@@ -253,7 +257,7 @@ class ComputeWeights:
         return self.buffer.dtype
 
     @classmethod
-    def bind(cls, module: torch.nn.Module, state: FixedPointState, dtype: torch.dtype = torch.float32) -> "ComputeWeights":
+    def bind(cls, module: torch.nn.Module, state: FixedPointState, dtype: torch.dtype = torch.float32) -> ComputeWeights:
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"compute dtype {dtype} is not supported (float32, bfloat16, float16)")
         try:
