@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import sys
 import tomllib
 from pathlib import Path
@@ -161,68 +160,55 @@ def client(
     """
     # Signals are caught before torch and the model load (seconds), so a stop
     # asked for during start-up is a clean exit too, never a default SIGTERM death.
-    early_signals: list[int] = []  # arrived before the daemon existed
-    daemon = None
+    from seedfed.client.signals import StopSignals
 
-    def forward(signum: int) -> None:
-        daemon.reporter.event("signal", signal=signal.Signals(signum).name)
-        daemon.request_stop()
+    with StopSignals() as stop_signals:
+        from seedfed.shared.tls import TransportError, check_client_transport
 
-    def stop(signum, _frame) -> None:
-        if daemon is None:
-            early_signals.append(signum)
-        else:
-            forward(signum)
+        try:  # before anything slow is loaded
+            check_client_transport(tls_ca, insecure)
+        except TransportError as exc:
+            raise click.UsageError(str(exc)) from None
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+        from transformers.utils import logging as hf_logging
 
-    from seedfed.shared.tls import TransportError, check_client_transport
+        from seedfed.client.daemon import ClientConfig, ClientDaemon, ClientError
+        from seedfed.client.data import DataError
+        from seedfed.client.model import ModelLoadError
+        from seedfed.client.progress import Reporter
+        from seedfed.client.replica import BaseDigestMismatch
+        from seedfed.shared.ledger import LedgerError
 
-    try:  # before anything slow is loaded
-        check_client_transport(tls_ca, insecure)
-    except TransportError as exc:
-        raise click.UsageError(str(exc)) from None
-
-    from transformers.utils import logging as hf_logging
-
-    from seedfed.client.daemon import ClientConfig, ClientDaemon, ClientError
-    from seedfed.client.data import DataError
-    from seedfed.client.model import ModelLoadError
-    from seedfed.client.progress import Reporter
-    from seedfed.client.replica import BaseDigestMismatch
-    from seedfed.shared.ledger import LedgerError
-
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
-    )
-    hf_logging.set_verbosity_error()  # the client reports its own progress; no loader bars in between
-    hf_logging.disable_progress_bar()
-    config = ClientConfig(
-        coordinator=coordinator,
-        task_id=task_id,
-        data=data,
-        cache=cache,
-        device=device,
-        model=model,
-        name=name,
-        compute_dtype=compute_dtype,
-        checkpoint_every=checkpoint_every,
-        data_seed=data_seed,
-        until_round=until_round,
-        token=token,
-        tls_ca=tls_ca,
-        insecure=insecure,
-    )
-    reporter = Reporter(quiet=quiet, events_path=events)
-    daemon = ClientDaemon(config, reporter)
-    for signum in early_signals:
-        forward(signum)
-    try:
-        code = daemon.run()
-    except (ClientError, BaseDigestMismatch, ModelLoadError, DataError, TaskSpecError, LedgerError) as exc:
-        reporter.event("error", message=str(exc))
-        reporter.close()
-        raise click.ClickException(str(exc)) from None
-    reporter.close()
+        logging.basicConfig(
+            level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+        )
+        hf_logging.set_verbosity_error()  # the client reports its own progress; no loader bars in between
+        hf_logging.disable_progress_bar()
+        config = ClientConfig(
+            coordinator=coordinator,
+            task_id=task_id,
+            data=data,
+            cache=cache,
+            device=device,
+            model=model,
+            name=name,
+            compute_dtype=compute_dtype,
+            checkpoint_every=checkpoint_every,
+            data_seed=data_seed,
+            until_round=until_round,
+            token=token,
+            tls_ca=tls_ca,
+            insecure=insecure,
+        )
+        reporter = Reporter(quiet=quiet, events_path=events)
+        try:
+            daemon = ClientDaemon(config, reporter)
+            stop_signals.deliver_to(daemon.request_stop)
+            code = daemon.run()
+        except (ClientError, BaseDigestMismatch, ModelLoadError, DataError, TaskSpecError, LedgerError) as exc:
+            reporter.event("error", message=str(exc))
+            raise click.ClickException(str(exc)) from None
+        finally:
+            stop_signals.close()  # nothing may reach the daemon once its reporter is closed
+            reporter.close()
     sys.exit(code)

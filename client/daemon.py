@@ -101,12 +101,18 @@ class ClientDaemon:
         self._mismatches: set[tuple[int, str]] = set()  # (round, digest) reported as wrong once already
 
     # -- control -------------------------------------------------------------------
-    def request_stop(self) -> None:
-        """Leave at the next opportunity (safe from a signal handler)."""
+    def request_stop(self, signal_name: str | None = None) -> None:
+        """Leave at the next opportunity: Leave, a final checkpoint, exit 0.
+
+        From any thread, never from a signal handler: it writes an event and
+        waits for the Sync stream to close (seedfed.client.signals relays signals).
+        """
+        if signal_name is not None:
+            self._event("signal", signal=signal_name)
         self._stop.set()
         stream = self._stream
         if stream is not None:
-            threading.Thread(target=stream.close, daemon=True).start()
+            stream.close()
 
     def _event(self, event_name: str, /, **fields) -> None:
         self.reporter.event(event_name, **fields)

@@ -37,7 +37,9 @@ class Reporter:
         self.quiet = quiet
         self._stream = stream or sys.stderr
         self._events: TextIO | None = open(events_path, "a", encoding="utf-8", buffering=1) if events_path else None
-        self._lock = threading.RLock()  # re-entrant: a signal handler may report while an event is being written
+        # Events come from the main thread and from the thread that relays stop signals. Never from a
+        # signal handler: one that wrote here mid-write would re-enter the buffered file.
+        self._lock = threading.Lock()
         self._bar = None
 
     def event(self, name: str, /, **fields: Any) -> None:
