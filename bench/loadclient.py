@@ -1,22 +1,49 @@
 """Torch-free scripted clients: they speak the real protocol but submit
 arbitrary bytes instead of probing a model. Used by the tests and by
 bench/coordinator_load.py; they verify every commit against the hash chain
-and count the bytes they send and receive.
+and count the bytes they send and receive. ``make_spec`` gives the task
+they join: a genesis whose base digest is a placeholder, for no model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
 from seedfed.shared.ledger import RoundRecord, verify_record
+from seedfed.shared.taskspec import Objective, TaskSpec
 from seedfed.shared.wire import reason_of
 from seedfed.v1 import coordinator_pb2 as pb
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
+
+BASE_DIGEST = "ab" * 32
+
+
+def make_spec(**overrides: Any) -> TaskSpec:
+    """A task for scripted clients (placeholder digests), with overrides."""
+    base = TaskSpec(
+        task_id="t1",
+        base_model="tiny-model",
+        base_digest=BASE_DIGEST,
+        manifest_digest="cd" * 32,
+        unit_log2=-20,
+        task_seed=12345,
+        objective=Objective(kind="classification", labels=("negative", "positive")),
+        lr=1e-3,
+        pool_size=64,
+        local_steps=4,
+        min_clients=1,
+        round_deadline_s=5.0,
+    )
+    # through the canonical form, so that 60 and 60.0 give one genesis hash
+    return TaskSpec.from_canonical(dataclasses.replace(base, **overrides).canonical_bytes())
+
 
 ScalarFn = Callable[[str, int, int, int], bytes]  # (name, round, slot, n_seeds) -> scalars
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,11 @@ from pathlib import Path
 
 import pytest
 from deploy_helpers import compose, compose_unescape, dockerfile, service_image_dockerfile, stages
+from helpers import free_port
 
 SERVICES = compose()["services"]
 BIN = Path(sys.executable).parent
 ROUNDS = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # The client image installs `seedfed[client]` only: no pretrained demo model,
@@ -59,7 +53,7 @@ class Stack:
         self.site = root / "image-site"
         self.site.mkdir()
         (self.site / "sitecustomize.py").write_text(IMAGE_SITE)
-        self.grpc_port, self.metrics_port = _free_port(), _free_port()
+        self.grpc_port, self.metrics_port = free_port(), free_port()
         self.db = f"sqlite:///{root / 'seedfed.db'}"
 
     def move(self, text: str) -> str:

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "security"))
 
+from helpers import free_port, run  # noqa: E402
 from sec_helpers import hardened, make_certs, make_spec  # noqa: E402
 
 from seedfed.server import healthcheck  # noqa: E402
-
-
-def run(coro, timeout: float = 60.0):  # noqa: ANN001, ANN201
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def test_local_target() -> None:
@@ -48,7 +44,4 @@ def test_plaintext_and_tls(tmp_path) -> None:  # noqa: ANN001
 
 
 def test_nothing_listening_is_unhealthy() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    assert healthcheck.main([f"127.0.0.1:{port}"], {}) == 1
+    assert healthcheck.main([f"127.0.0.1:{free_port()}"], {}) == 1

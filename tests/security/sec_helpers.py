@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import spec_factory
-from spec_factory import BASE_DIGEST  # noqa: F401 - re-exported to the security tests
+import loadclient
+from loadclient import BASE_DIGEST  # noqa: F401 - re-exported to the security tests
 
 from seedfed.server.app import start_coordinator
 from seedfed.server.hardening import Hardening
@@ -199,7 +199,7 @@ async def hardened(
 
 
 def make_spec(**overrides):  # noqa: ANN001, ANN201
-    return spec_factory.make_spec(**{"task_id": "sec", "task_seed": 4242, **overrides})
+    return loadclient.make_spec(**{"task_id": "sec", "task_seed": 4242, **overrides})
 
 
 # -- a hardened coordinator on a thread of its own (for synchronous test code, e.g. hypothesis)

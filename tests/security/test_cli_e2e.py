@@ -8,13 +8,13 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 from sec_helpers import make_spec
 
 SEEDFED = [str(Path(sys.executable).parent / "seedfed")]  # the console script of this environment
@@ -23,12 +23,6 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 def _seedfed(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*SEEDFED, *args], capture_output=True, text=True, timeout=timeout, env=env or ENV)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -51,7 +45,7 @@ def test_tls_tokens_metrics_logs_and_status(tmp_path, task_file, certs) -> None:
     created = _seedfed("token", "create", "--name", "operator", "--db", db)
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
-    metrics_port = _free_port()
+    metrics_port = free_port()
     proc = subprocess.Popen(
         [
             *SEEDFED,

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
+from helpers import run
 from sec_helpers import BASE_DIGEST, aio_channel, hardened, make_spec, stub
 
 from seedfed.server.errors import Refusal
 from seedfed.server.limits import PeerLimiter, TokenBucket, check_client_id, check_name, check_task_id, peer_host
 from seedfed.shared.wire import reason_of
 from seedfed.v1 import coordinator_pb2 as pb
-
-
-def run(coro, timeout: float = 60.0):  # noqa: ANN001, ANN201
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 @pytest.mark.parametrize("value", ["", "-a", "a b", "a/b", "x" * 65, "é", "a\x00", "a\n"])

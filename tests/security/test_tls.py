@@ -3,19 +3,14 @@ plaintext needs an explicit --insecure."""
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
+from helpers import run
 from sec_helpers import aio_channel, hardened, make_spec, stub
 
 from seedfed.server.tokens import open_token_store
 from seedfed.shared.tls import TransportError, check_client_transport, check_server_transport
 from seedfed.v1 import coordinator_pb2 as pb
-
-
-def run(coro, timeout: float = 60.0):  # noqa: ANN001, ANN201
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def test_tls_round_trip_and_refusals(db_url, certs) -> None:  # noqa: ANN001

@@ -3,7 +3,6 @@ health, and refused at once after revocation, on open streams too."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import sqlite3
 import time
@@ -12,6 +11,7 @@ import grpc
 import pytest
 from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import run
 from sec_helpers import BASE_DIGEST, aio_channel, hardened, make_spec, stub
 
 from seedfed.server.auth import bearer_token
@@ -19,10 +19,6 @@ from seedfed.server.tokens import TokenError, TokenStore, open_token_store, toke
 from seedfed.shared.cli import cli
 from seedfed.shared.wire import reason_of
 from seedfed.v1 import coordinator_pb2 as pb
-
-
-def run(coro, timeout: float = 60.0):  # noqa: ANN001, ANN201
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def test_cli_create_prints_once_and_stores_only_the_hash(tmp_path) -> None:  # noqa: ANN001

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
-from loadclient import ScriptedClient
-from spec_factory import BASE_DIGEST, make_spec  # noqa: F401 - re-exported to the coordinator tests
+from loadclient import BASE_DIGEST, ScriptedClient, make_spec  # noqa: F401 - re-exported to the coordinator tests
 
 from seedfed.server.app import RunningCoordinator, start_coordinator
 from seedfed.server.rounds import EngineConfig
 from seedfed.shared.taskspec import TaskSpec
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
-
-T = TypeVar("T")
-
-
-def run(coro: Awaitable[T], timeout: float = 120.0) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
 
 
 @asynccontextmanager
@@ -42,15 +30,6 @@ async def coordinator(store, specs: list[TaskSpec], lease_seconds: float = 5.0, 
 
 def client(stub: pb_grpc.CoordinatorStub, name: str, spec: TaskSpec, **kw: Any) -> ScriptedClient:
     return ScriptedClient(stub, spec.task_id, name, spec.base_digest, **kw)
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not pred():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def unique_name(prefix: str) -> str:

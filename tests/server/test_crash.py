@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
-import socket
-import sys
 from pathlib import Path
 
 import grpc
 import pytest
-from coord_helpers import audit, make_spec, run
+from coord_helpers import audit, make_spec
+from helpers import free_port, run
 from loadclient import ScriptedClient
 from sqlalchemy import select
 
+from seedfed.client.simulate.processes import ManagedProcess, start_coordinator
 from seedfed.server.db import make_engine
 from seedfed.server.models import SubmissionRow
 from seedfed.server.sql_store import SqlStore
@@ -36,35 +35,16 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def start_process(task_file: Path, db: str, port: int) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "seedfed.server",
-        "--task",
-        str(task_file),
-        "--db",
+async def start_process(task_file: Path, db: str, port: int) -> ManagedProcess:
+    return await asyncio.to_thread(
+        start_coordinator,
         db,
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--lease-seconds",
-        "2",
-        "--log-level",
-        "warning",
-        "--insecure",
-        "--no-auth",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        task_file.parent / "coordinator.log",
+        task_file=task_file,
+        listen=f"127.0.0.1:{port}",
+        extra_args=("--lease-seconds", "2", "--log-level", "warning"),
+        timeout=30,
     )
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    assert b"listening on" in line, line
-    return proc
 
 
 @pytest.mark.slow
@@ -99,17 +79,14 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
                 collect()
                 if min(c.head_round for c in clients) < ROUNDS:
                     kills_mid_run += 1
-                proc.send_signal(signal.SIGKILL)
-                await proc.wait()
+                await asyncio.to_thread(proc.kill)
                 proc = await start_process(task_file, db, port)
             await asyncio.wait_for(asyncio.gather(*runs), 120)
             collect()
         finally:
             for t in runs:
                 t.cancel()
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                await proc.wait()
+            await asyncio.to_thread(proc.stop)
             for ch in channels:
                 await ch.close()
         return clients

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from coord_helpers import audit, client, coordinator, make_spec, run, wait_until
+from coord_helpers import audit, client, coordinator, make_spec
+from helpers import run, wait_until_async
 from sqlalchemy.exc import OperationalError
 
 from seedfed.server.memory_store import MemoryStore
@@ -65,7 +66,7 @@ def test_a_failed_submission_write_is_unavailable_and_retryable() -> None:
             c = client(stub, "c", spec, auto_submit=False)
             await c.join()
             task = asyncio.create_task(c.sync())
-            await wait_until(lambda: c.opens, what="round 1 to open")
+            await wait_until_async(lambda: c.opens, what="round 1 to open")
             round_no, slot, seeds = c.opens[0]
             try:
                 await c.submit(round_no, slot, bytes(len(seeds)))
@@ -75,7 +76,7 @@ def test_a_failed_submission_write_is_unavailable_and_retryable() -> None:
             assert store.get_open_round(spec.task_id).submissions == {}
             ok = await c.submit(round_no, slot, bytes(len(seeds)))  # the retry goes through
             assert (ok.received, ok.expected) == (1, 1)
-            await wait_until(lambda: c.head_round == 1, what="the commit")
+            await wait_until_async(lambda: c.head_round == 1, what="the commit")
             task.cancel()
 
     run(scenario(), 60)

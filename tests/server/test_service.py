@@ -6,8 +6,9 @@ import asyncio
 
 import grpc
 import pytest
-from coord_helpers import audit, client, coordinator, make_spec, run, wait_until
+from coord_helpers import audit, client, coordinator, make_spec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import run, wait_until_async
 
 from seedfed.server.memory_store import MemoryStore
 from seedfed.shared.assignment import uniform_seeds
@@ -79,7 +80,7 @@ def test_refusals_have_distinct_statuses_and_change_nothing() -> None:
             await a.join()
             await b.join()
             syncs = [asyncio.create_task(x.sync()) for x in (a, b)]
-            await wait_until(lambda: a.opens and b.opens, what="round 1 to open")
+            await wait_until_async(lambda: a.opens and b.opens, what="round 1 to open")
             (r, slot_a, _), (_, slot_b, _) = a.opens[0], b.opens[0]
             assert r == 1 and {slot_a, slot_b} == {0, 1}
             good = bytes([1, 2, 3])
@@ -104,7 +105,7 @@ def test_refusals_have_distinct_statuses_and_change_nothing() -> None:
             assert (await ledger(stub, spec), store.get_open_round(spec.task_id)) == before
 
             await b.submit(1, slot_b, bytes([5, 5, 5]))
-            await wait_until(lambda: a.head_round == 1, what="round 1 to commit")
+            await wait_until_async(lambda: a.head_round == 1, what="round 1 to commit")
             after_commit = await ledger(stub, spec)
             got["late"] = await refusal(stub.Submit(req(scalars=bytes([9, 9, 9]))))
             assert await ledger(stub, spec) == after_commit
@@ -164,7 +165,7 @@ def test_abandoned_attempt_reopens_the_same_round_number() -> None:
             await b.join()
             ta = asyncio.create_task(a.run(3))
             tb = asyncio.create_task(b.sync())
-            await wait_until(
+            await wait_until_async(
                 lambda: any(x.status == "abandoned" for x in store.round_attempts(spec.task_id)), what="an abandoned attempt"
             )
             assert store.head(spec.task_id)[0] == 0
@@ -241,7 +242,7 @@ def test_restart_serves_the_same_open_round(sqlite_url: str) -> None:
             for x in (a, b, c):
                 await x.join()
             tasks = [asyncio.create_task(x.sync()) for x in (a, b, c)]
-            await wait_until(lambda: len(a.acks) == 1 and len(b.acks) == 1 and c.opens, what="two submissions")
+            await wait_until_async(lambda: len(a.acks) == 1 and len(b.acks) == 1 and c.opens, what="two submissions")
             opened = c.opens[0]
             for t in tasks:
                 t.cancel()
@@ -253,10 +254,10 @@ def test_restart_serves_the_same_open_round(sqlite_url: str) -> None:
             assert rejoin.first_work_round == 1 and rejoin.client_id == c.client_id
             c.opens.clear()
             t = asyncio.create_task(c.sync())
-            await wait_until(lambda: c.opens, what="the open round after restart")
+            await wait_until_async(lambda: c.opens, what="the open round after restart")
             assert c.opens[0] == opened  # same round, slot and seeds
             await c.submit(opened[0], opened[1], bytes(len(opened[2])))
-            await wait_until(lambda: c.head_round == 1, what="the commit")
+            await wait_until_async(lambda: c.head_round == 1, what="the commit")
             t.cancel()
             _, subs = running.coordinator.store.committed_submissions(spec.task_id, 1)
             assert len(subs) == 3
@@ -290,11 +291,11 @@ def test_a_submission_for_an_abandoned_attempt_is_late() -> None:
             for c in (x, y, z):
                 await c.join()
             tasks = [asyncio.create_task(c.sync()) for c in (x, y, z)]
-            await wait_until(lambda: z.opens, what="attempt 1")
+            await wait_until_async(lambda: z.opens, what="attempt 1")
             _, old_slot, seeds = z.opens[0]
             assert old_slot == 2
             await x.leave()  # attempt 2 will have y and z in slots 0 and 1
-            await wait_until(lambda: len(z.opens) == 2, what="attempt 2")
+            await wait_until_async(lambda: len(z.opens) == 2, what="attempt 2")
             assert z.opens[1][0] == 1 and z.opens[1][1] == 1
             code, reason = await refusal(z.submit(1, old_slot, bytes(len(seeds))))
             assert (code, reason) == (grpc.StatusCode.ABORTED, "late")
