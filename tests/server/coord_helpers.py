@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
+from helpers import run  # noqa: F401 - re-exported to the coordinator tests
 from loadclient import BASE_DIGEST, ScriptedClient, make_spec  # noqa: F401 - re-exported to the coordinator tests
 
 from seedfed.server.app import RunningCoordinator, start_coordinator
