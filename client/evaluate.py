@@ -66,7 +66,9 @@ def evaluate_module(spec: TaskSpec, module, tokenizer, data_path: str | Path, de
     default=None,
     help="a ledger file to rebuild the task from",
 )
-@click.option("--round", "to_round", type=click.IntRange(min=0), default=0, help="round to evaluate at (0: the head)")
+@click.option(
+    "--round", "to_round", type=click.IntRange(min=0), default=None, help="round to evaluate at (0: the base; default: the head)"
+)
 @click.option("--base", "base_ref", default=None, help="base model of the task (default: the genesis's base_model)")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--limit", type=click.IntRange(min=0), default=0, help="evaluate only the first N examples")
@@ -83,6 +85,8 @@ def eval_command(
     from seedfed.client.model import ModelLoadError, load_base
     from seedfed.client.replica import BaseDigestMismatch
 
+    if model_dir and to_round is not None:
+        raise click.UsageError("--round picks a round of a task rebuilt from its ledger; a --model directory is one fixed model")
     hf_logging.disable_progress_bar()  # one-line output for people and scripts
     try:
         if model_dir:

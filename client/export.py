@@ -37,7 +37,8 @@ class Rebuilt:
 
 
 def select_rounds(records: list[RoundRecord], to_round: int | None) -> list[RoundRecord]:
-    if to_round is None or to_round == 0:
+    """The records up to ``to_round``: None is the head, 0 the base (no round applied)."""
+    if to_round is None:
         return records
     head = records[-1].round if records else 0
     if to_round > head:
@@ -99,7 +100,11 @@ def write_model_dir(rebuilt: Rebuilt, out: str | Path) -> Path:
 )
 @click.option("--model", "model_ref", default=None, help="base model directory or id (default: the genesis's base_model)")
 @click.option(
-    "--round", "to_round", type=click.IntRange(min=0), default=0, help="export the model after this round (0: the head)"
+    "--round",
+    "to_round",
+    type=click.IntRange(min=0),
+    default=None,
+    help="export the model after this round (0: the base; default: the head)",
 )
 @click.option("--device", default="cpu", show_default=True, help="where to replay: cpu, cuda or cuda:N (same bytes either way)")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="model directory to write")
