@@ -74,7 +74,6 @@ class Counters:
     bytes_received: int = 0
     rounds_applied: int = 0
     rounds_worked: int = 0
-    sessions: int = 0
     last_loss: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -221,7 +220,6 @@ class ClientDaemon:
         if spec.genesis_hash() != self.spec.genesis_hash():
             raise ClientError("the coordinator's genesis for this task changed: refusing to continue on a different task")
         self.client_id = resp.client_id
-        self.counters.sessions += 1
         self._event(
             "joined",
             client_id=resp.client_id,

@@ -1,15 +1,15 @@
 """The Sync stream, read on a background thread into a queue.
 
 Reading on a thread keeps the main thread free to probe while events keep
-arriving, and lets it wait with a timeout, so a signal (SIGINT, SIGTERM) is
-handled promptly instead of after the next event.
+arriving, and lets it wait with a timeout, so a stop (SIGINT, SIGTERM) takes
+effect promptly instead of after the next event.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 END = object()  # the stream closed without an error
@@ -41,14 +41,6 @@ class EventStream:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
-
-    def pending(self) -> Iterator[Any]:
-        """Events already received, without waiting."""
-        while True:
-            try:
-                yield self._queue.get_nowait()
-            except queue.Empty:
-                return
 
     def close(self) -> None:
         if not self._closed.is_set():

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from seedfed.client.data import MinibatchSampler
@@ -114,7 +113,3 @@ def assignment_from(open_event, spec) -> Assignment:
     """From a RoundOpen message; the lr falls back to the genesis schedule if the message has none."""
     lr = open_event.lr if open_event.lr > 0 else spec.lr_at(open_event.round)
     return Assignment(int(open_event.round), int(open_event.slot), tuple(int(s) for s in open_event.seeds), float(lr))
-
-
-def seeds_repr(seeds: Sequence[int]) -> str:
-    return ",".join(str(s) for s in seeds[:8]) + ("..." if len(seeds) > 8 else "")
