@@ -155,12 +155,18 @@ def test_chunked_apply_spans_chunk_boundaries(monkeypatch):
 
 
 def test_compile_mode_from_environment(monkeypatch):
+    monkeypatch.setattr(philox, "_compile_broken", False)  # whatever an earlier test left
     monkeypatch.setenv("SEEDFED_COMPILE", "0")
     assert not philox.compile_wanted(10**9)
     monkeypatch.setenv("SEEDFED_COMPILE", "1")
-    assert philox.compile_wanted(10) or philox._compile_broken
+    assert philox.compile_wanted(10)
     monkeypatch.delenv("SEEDFED_COMPILE")
-    assert not philox.compile_wanted(1000)
+    assert not philox.compile_wanted(philox.COMPILE_MIN_ELEMENTS - 1)
+    assert philox.compile_wanted(philox.COMPILE_MIN_ELEMENTS)
+    # after a failed compile everything stays eager, whatever the environment asks
+    monkeypatch.setattr(philox, "_compile_broken", True)
+    monkeypatch.setenv("SEEDFED_COMPILE", "1")
+    assert not philox.compile_wanted(10**9)
 
 
 def test_failed_compile_falls_back_to_eager_with_a_warning(monkeypatch):
