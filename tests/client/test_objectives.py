@@ -6,7 +6,7 @@ import pytest
 import tinymodels
 import torch
 
-from seedfed.client.data import read_classification, read_instructions
+from seedfed.client.data import LabelledText, read_classification, read_instructions
 from seedfed.client.model import load_base
 from seedfed.client.objectives import TEMPERATURE, CausalLMObjective, accuracy, build_objective, label_texts, mean_loss
 from seedfed.shared.taskspec import Objective
