@@ -30,8 +30,14 @@ def test_classification_loss_and_accuracy(request, tmp_path, which):
     loss = obj.loss(examples[:4])
     assert math.isfinite(loss) and loss > 0
     assert obj.loss(examples[:4]) == loss  # eval mode: deterministic
-    acc = accuracy(obj, examples, batch_size=5)
-    assert 0.0 <= acc <= 1.0
+    # labelled with the model's own predictions, then with the other label for the first half:
+    # batches of 5 over 12 examples, so a miscounted batch boundary shows
+    predicted = [obj.predict([ex.text])[0] for ex in examples]
+    agree = [LabelledText(ex.text, p) for ex, p in zip(examples, predicted)]
+    assert accuracy(obj, agree, batch_size=5) == 1.0
+    half = [LabelledText(ex.text, 1 - ex.label) if i < 6 else ex for i, ex in enumerate(agree)]
+    assert accuracy(obj, half, batch_size=5) == 0.5
+    assert accuracy(obj, [LabelledText(ex.text, 1 - ex.label) for ex in agree], batch_size=5) == 0.0
     assert math.isclose(mean_loss(obj, examples[:4], batch_size=4), loss, rel_tol=1e-6)
 
 
