@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from concurrent import futures
 
 import grpc
 
 from seedfed.shared.ledger import RoundRecord, make_record
 from seedfed.shared.taskspec import TaskSpec
+from seedfed.shared.wire import commit_message, genesis_message  # commit_message: re-exported to the client tests
 from seedfed.v1 import coordinator_pb2 as pb
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -40,10 +40,6 @@ def synthetic_ledger(
     return out
 
 
-def commit_message(rec: RoundRecord, hash_override: bytes | None = None) -> pb.RoundCommit:
-    return pb.RoundCommit(round=rec.round, seeds=list(rec.seeds), steps=list(rec.steps), hash=hash_override or rec.hash)
-
-
 class FakeCoordinator(pb_grpc.CoordinatorServicer):
     def __init__(self, spec: TaskSpec, records: list[RoundRecord]) -> None:
         self.spec = spec
@@ -59,7 +55,7 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
         self._lock = threading.Lock()
 
     def _genesis(self) -> pb.Genesis:
-        return pb.Genesis(canonical=self.spec.canonical_bytes(), hash=self.spec.genesis_hash())
+        return genesis_message(self.spec)
 
     def head(self) -> tuple[int, bytes]:
         if not self.records:
@@ -108,7 +104,10 @@ class FakeCoordinator(pb_grpc.CoordinatorServicer):
                 if self.tampered.get(rec.round, 0) > 0:
                     self.tampered[rec.round] -= 1
                     bad = bytes(32)
-            yield pb.SyncEvent(commit=commit_message(rec, bad))
+            msg = commit_message(rec)
+            if bad is not None:
+                msg.hash = bad
+            yield pb.SyncEvent(commit=msg)
         r, h = self.head()
         yield pb.SyncEvent(caught_up=pb.CaughtUp(head_round=r, head_hash=h))
         while context.is_active():
@@ -133,12 +132,3 @@ class Served:
 
     def stop(self) -> None:
         self.server.stop(0)
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import tinymodels
 from fakecoord import synthetic_ledger
+from helpers import write_classification
 
 from seedfed.client.data import MinibatchSampler, read_classification
 from seedfed.client.model import load_base, resolve_device
@@ -34,7 +34,7 @@ def test_gpu_replica_matches_cpu(tmp_path, bert_spec, bert_dir, dtype):
     weights.refresh()
     assert gpu.digest() == cpu.digest()
     objective = build_objective(bert_spec.objective, base.module, base.tokenizer, device)
-    examples = read_classification(tinymodels.write_classification(tmp_path / "d.tsv", n=16), bert_spec.objective.labels)
+    examples = read_classification(write_classification(tmp_path / "d.tsv", n=16), bert_spec.objective.labels)
     prober = Prober(gpu, weights, objective, MinibatchSampler(examples, bert_spec.batch_size, 0))
     result = prober.work(Assignment(21, 0, (1, 2, 3), 1.0))
     assert len(result.scalars) == 3

@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-import tinymodels
-from fakecoord import FakeCoordinator, Served, commit_message, synthetic_ledger, wait_for
+from fakecoord import FakeCoordinator, Served, commit_message, synthetic_ledger
+from helpers import wait_until, write_classification
 
 from seedfed.client.daemon import ClientConfig, ClientDaemon
 from seedfed.client.model import load_base
@@ -28,7 +28,7 @@ class Running:
 
     def __init__(self, tmp_path, target, spec, cache=None, name="c1", **extra):
         self.events_path = tmp_path / f"{name}-events.jsonl"
-        data = tinymodels.write_classification(tmp_path / f"{name}.tsv", n=16, seed=hash(name) % 100)
+        data = write_classification(tmp_path / f"{name}.tsv", n=16, seed=hash(name) % 100)
         config = ClientConfig(
             coordinator=target,
             task_id=spec.task_id,
@@ -77,18 +77,18 @@ def test_catch_up_then_live_round(tmp_path, bert_spec, bert_dir, served):
     fake, target, records = served
     run = Running(tmp_path, target, bert_spec)
     try:
-        assert wait_for(lambda: run.events("caught_up"), 60), run.events()
+        wait_until(lambda: run.events("caught_up"), 60, what=run.events)
         cu = run.events("caught_up")[0]
         assert cu["rounds"] == 12 and cu["folded"] and cu["replays"] <= bert_spec.pool_size
         assert cu["digest"] == reference_digest(bert_spec, bert_dir, records)
         # a live round: open -> one byte per seed submitted; commit -> applied and its digest reported
         fake.live.put(pb.SyncEvent(open=pb.RoundOpen(round=13, slot=0, seeds=[5, 6], lr=1e-3, deadline_unix=0)))
-        assert wait_for(lambda: fake.submits, 60)
+        wait_until(lambda: fake.submits, 60, "a submission")
         assert len(fake.submits[0].scalars) == 2 and fake.submits[0].round == 13
         rec13 = make_record(records[-1].hash, 13, {5: 1, 6: -2})
         fake.records.append(rec13)
         fake.live.put(pb.SyncEvent(commit=commit_message(rec13)))
-        assert wait_for(lambda: run.events("round"), 30)
+        wait_until(lambda: run.events("round"), 30, "a round event")
         assert run.events("round")[0]["digest"] == reference_digest(bert_spec, bert_dir, records + [rec13])
         assert (13, run.events("round")[0]["digest"]) in fake.heartbeats
     finally:
@@ -102,7 +102,7 @@ def test_tampered_record_is_refused_then_resynced(tmp_path, bert_spec, bert_dir,
     fake.tampered[7] = 1  # the first Sync gets round 7 with a wrong hash
     run = Running(tmp_path, target, bert_spec)
     try:
-        assert wait_for(lambda: run.events("caught_up"), 60), run.events()
+        wait_until(lambda: run.events("caught_up"), 60, what=run.events)
     finally:
         run.stop()
     refused = run.events("refused")
@@ -116,7 +116,7 @@ def test_digest_mismatch_resyncs(tmp_path, bert_spec, bert_dir, served):
     fake.deny_digest[12] = 1
     run = Running(tmp_path, target, bert_spec)
     try:
-        assert wait_for(lambda: len(run.events("caught_up")) >= 2, 60), run.events()
+        wait_until(lambda: len(run.events("caught_up")) >= 2, 60, what=run.events)
     finally:
         run.stop()
     assert run.events("digest_mismatch")[0]["round"] == 12
@@ -164,7 +164,7 @@ def test_digest_disputed_after_a_rebuild_keeps_the_rebuilt_state(tmp_path, bert_
     fake.deny_digest[12] = 5  # the coordinator keeps saying the digest is wrong
     run = Running(tmp_path, target, bert_spec)
     try:
-        assert wait_for(lambda: run.events("digest_disputed"), 60), run.events()
+        wait_until(lambda: run.events("digest_disputed"), 60, what=run.events)
     finally:
         run.stop()
     assert len(run.events("resync")) == 1 and fake.syncs == [1, 1]  # one rebuild, then no resync loop

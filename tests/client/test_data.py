@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import tinymodels
+from helpers import write_classification, write_dolly
 
 from seedfed.client.data import DataError, MinibatchSampler, read_classification, read_examples, read_instructions
 
@@ -12,8 +12,8 @@ LABELS = ("negative", "positive")
 
 @pytest.mark.parametrize("suffix", ["tsv", "csv", "jsonl"])
 def test_classification_formats_agree(tmp_path, suffix):
-    path = tinymodels.write_classification(tmp_path / f"d.{suffix}", n=20, seed=3)
-    reference = read_classification(tinymodels.write_classification(tmp_path / "ref.tsv", n=20, seed=3), LABELS)
+    path = write_classification(tmp_path / f"d.{suffix}", n=20, seed=3)
+    reference = read_classification(write_classification(tmp_path / "ref.tsv", n=20, seed=3), LABELS)
     got = read_classification(path, LABELS)
     assert got == reference
     assert {ex.label for ex in got} <= {0, 1}
@@ -52,7 +52,7 @@ def test_unknown_format_and_missing_file(tmp_path):
 
 
 def test_dolly_reader(tmp_path):
-    p = tinymodels.write_dolly(tmp_path / "d.jsonl", n=5)
+    p = write_dolly(tmp_path / "d.jsonl", n=5)
     got = read_instructions(p)
     assert len(got) == 5 and got[1].context == "" and got[0].context
     bad = tmp_path / "bad.jsonl"

@@ -6,9 +6,8 @@ from __future__ import annotations
 import signal
 
 import pytest
-import tinymodels
-from conftest import make_spec
-from procs import Client, Coordinator, wait_until
+from helpers import model_spec, wait_until, write_classification, write_dolly
+from procs import Client, Coordinator
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +19,9 @@ def _task_file(workdir, spec):
 
 
 def test_bert_federation_digests_restart_late_joiner_wrong_base(tmp_path, engine, bert_dir, other_bert_dir):
-    spec = make_spec(bert_dir, task_id="fed-bert", min_clients=2, max_rounds=10, round_deadline_s=20.0)
+    spec = model_spec(bert_dir, task_id="fed-bert", min_clients=2, max_rounds=10, round_deadline_s=20.0)
     coord = Coordinator(tmp_path, _task_file(tmp_path, spec)).start()
-    data = [tinymodels.write_classification(tmp_path / f"d{i}.tsv", n=24, seed=i) for i in range(3)]
+    data = [write_classification(tmp_path / f"d{i}.tsv", n=24, seed=i) for i in range(3)]
     c1 = Client(tmp_path, "c1", coord, spec.task_id, data[0], extra=("--until-round", "10", "--checkpoint-every", "3")).start()
     c2 = Client(tmp_path, "c2", coord, spec.task_id, data[1], extra=("--until-round", "10", "--checkpoint-every", "3")).start()
     try:
@@ -62,9 +61,9 @@ def test_bert_federation_digests_restart_late_joiner_wrong_base(tmp_path, engine
 
 
 def test_gpt2_client_killed_resumes_from_checkpoint(tmp_path, engine, gpt2_dir):
-    spec = make_spec(gpt2_dir, task_id="fed-gpt2", kind="causal_lm", min_clients=1, max_rounds=5000, round_deadline_s=10.0)
+    spec = model_spec(gpt2_dir, task_id="fed-gpt2", kind="causal_lm", min_clients=1, max_rounds=5000, round_deadline_s=10.0)
     coord = Coordinator(tmp_path, _task_file(tmp_path, spec), lease_seconds=2.0).start()
-    data = [tinymodels.write_dolly(tmp_path / f"d{i}.jsonl", n=16, seed=i) for i in range(2)]
+    data = [write_dolly(tmp_path / f"d{i}.jsonl", n=16, seed=i) for i in range(2)]
     c1 = Client(tmp_path, "c1", coord, spec.task_id, data[0], extra=("--checkpoint-every", "2")).start()
     c2 = Client(tmp_path, "c2", coord, spec.task_id, data[1], extra=("--checkpoint-every", "2")).start()
     try:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import math
 
 import pytest
-import tinymodels
 import torch
+from helpers import write_classification, write_dolly
 
 from seedfed.client.data import LabelledText, read_classification, read_instructions
 from seedfed.client.model import load_base
@@ -23,7 +23,7 @@ def test_label_template():
 def test_classification_loss_and_accuracy(request, tmp_path, which):
     base = load_base(str(request.getfixturevalue(which)), "classification")
     obj = build_objective(CLS, base.module, base.tokenizer, "cpu")
-    examples = read_classification(tinymodels.write_classification(tmp_path / "d.tsv", n=12), CLS.labels)
+    examples = read_classification(write_classification(tmp_path / "d.tsv", n=12), CLS.labels)
     logits = obj.logits([ex.text for ex in examples[:4]])
     assert logits.shape == (4, 2)
     assert float(logits.abs().max()) <= 1.0 / TEMPERATURE + 1e-3  # cosine / temperature
@@ -46,7 +46,7 @@ def test_causal_lm_loss_only_on_response(gpt2_dir, tmp_path):
     spec = Objective(kind="causal_lm", max_length=48)
     obj = build_objective(spec, base.module, base.tokenizer, "cpu")
     assert isinstance(obj, CausalLMObjective)
-    examples = read_instructions(tinymodels.write_dolly(tmp_path / "d.jsonl", n=4))
+    examples = read_instructions(write_dolly(tmp_path / "d.jsonl", n=4))
     enc = obj.encode(examples)
     for i, ex in enumerate(examples):
         labelled = enc["labels"][i][enc["labels"][i] != -100].tolist()

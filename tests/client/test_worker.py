@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 
-import tinymodels
+from helpers import write_classification
 
 from seedfed.client.data import MinibatchSampler, read_classification
 from seedfed.client.model import load_base
@@ -24,7 +24,7 @@ def _prober(spec, model_dir, data_path, seed=0):
 
 
 def test_work_reverts_local_steps_exactly(tmp_path, bert_spec, bert_dir):
-    data = tinymodels.write_classification(tmp_path / "d.tsv", n=24)
+    data = write_classification(tmp_path / "d.tsv", n=24)
     prober = _prober(bert_spec, bert_dir, data)
     before = prober.replica.digest()
     # a large lr so the provisional steps are real moves of W
@@ -38,7 +38,7 @@ def test_work_reverts_local_steps_exactly(tmp_path, bert_spec, bert_dir):
 
 
 def test_work_is_reproducible_for_the_same_local_seed(tmp_path, bert_spec, bert_dir):
-    data = tinymodels.write_classification(tmp_path / "d.tsv", n=24)
+    data = write_classification(tmp_path / "d.tsv", n=24)
     a = _prober(bert_spec, bert_dir, data, seed=5).work(Assignment(2, 1, (1, 2), 1e-3))
     b = _prober(bert_spec, bert_dir, data, seed=5).work(Assignment(2, 1, (1, 2), 1e-3))
     assert a.scalars == b.scalars and a.gradients == b.gradients
