@@ -130,3 +130,18 @@ def model_spec(model_dir: str | Path, task_id: str = "t1", kind: str = "classifi
     obj = Objective(kind=kind, labels=LABELS if kind == "classification" else (), template="it was {text}", max_length=24)
     defaults = dict(task_seed=7, pool_size=64, batch_size=4, digest_every=1, local_steps=2, eps=1e-2, lr=1e-3)
     return genesis_for_model(str(model_dir), task_id, obj, **(defaults | fields))
+
+
+# -- tiny models in memory, for the engine tests --------------------------------------------
+
+
+def tiny_gpt2(seed: int = 0, **config: Any):
+    from seedfed.client.simulate.tinymodel import tiny_module
+
+    return tiny_module("gpt2", seed, **({"positions": 32, "bos_token_id": 0, "eos_token_id": 0} | config))
+
+
+def tiny_bert(seed: int = 0, **config: Any):
+    from seedfed.client.simulate.tinymodel import tiny_module
+
+    return tiny_module("bert", seed, **({"positions": 32} | config))

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from engine_models import tiny_bert, tiny_gpt2  # noqa: E402
+from helpers import tiny_bert, tiny_gpt2  # noqa: E402
 
 from seedfed.client.engine import philox  # noqa: E402
 

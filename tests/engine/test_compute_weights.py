@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from engine_models import tiny_bert, tiny_gpt2
+from helpers import tiny_bert, tiny_gpt2
 
 from seedfed.client.engine import philox
 from seedfed.client.engine.manifest import ManifestError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_models import tiny_bert, tiny_gpt2
+from helpers import tiny_bert, tiny_gpt2
 
 from seedfed.client.engine.manifest import Manifest, ManifestError, Slot
 
@@ -53,16 +53,7 @@ def test_check_module(gpt2, bert):
     with pytest.raises(ManifestError):
         m.check_module(bert)
     with pytest.raises(ManifestError, match="shape"):
-        m.check_module(tiny_gpt2_with(n_embd=64))
-
-
-def tiny_gpt2_with(**kw):
-    import transformers
-
-    cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=96, n_positions=32, bos_token_id=0, eos_token_id=0)
-    for k, v in kw.items():
-        setattr(cfg, k, v)
-    return transformers.GPT2LMHeadModel(cfg)
+        m.check_module(tiny_gpt2(n_embd=64))
 
 
 def test_module_without_parameters_is_refused():

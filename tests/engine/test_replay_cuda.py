@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from engine_models import tiny_gpt2
+from helpers import tiny_gpt2
 
 from seedfed.client.engine.probe import probe
 from seedfed.client.engine.state import ComputeWeights, FixedPointState, choose_unit_log2

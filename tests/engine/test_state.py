@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 import torch
-from engine_models import tiny_bert, tiny_gpt2
+from helpers import tiny_bert, tiny_gpt2
 
 from seedfed.client.engine.state import INT32_LIMIT, FixedPointState, StateOverflowError, choose_unit_log2
 from seedfed.shared import philox
