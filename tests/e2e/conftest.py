@@ -4,7 +4,6 @@ clients that the tests kill, restart and add at will."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -18,12 +17,6 @@ from seedfed.client.simulate.sample_data import LABEL_NAMES, make_examples, writ
 from seedfed.client.simulate.split import iid_split
 from seedfed.client.simulate.tinymodel import build_tiny_encoder
 from seedfed.shared.taskspec import Objective
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -49,7 +42,7 @@ class Federation:
         return self.root / "data" / f"share-{i % self.shares}.tsv"
 
     def start_coordinator(self) -> CoordinatorProcess:
-        listen = self.address or f"127.0.0.1:{free_port()}"
+        listen = self.address or "127.0.0.1:0"  # a restart keeps the first address
         self.coordinator = start_coordinator(
             self.db_url,
             self.root / "logs" / "coordinator.log",
