@@ -9,8 +9,8 @@ import json
 import random
 
 import pytest
-import tinymodels
 from click.testing import CliRunner
+from helpers import write_classification
 
 from seedfed.client.evaluate import eval_command
 from seedfed.client.export import export_command
@@ -70,7 +70,7 @@ def evaluate(*args) -> dict:
 
 def test_eval_round_zero_is_the_base_and_no_round_is_the_head(tmp_path, bert_spec, ledger):
     path, _ = ledger
-    data = tinymodels.write_classification(tmp_path / "eval.tsv", n=24, seed=5)
+    data = write_classification(tmp_path / "eval.tsv", n=24, seed=5)
     at0 = evaluate("--ledger", str(path), "--data", str(data), "--round", "0")
     at_head = evaluate("--ledger", str(path), "--data", str(data))
     assert at0["model"] == f"task {bert_spec.task_id} round 0"
@@ -87,7 +87,7 @@ def test_eval_round_zero_is_the_base_and_no_round_is_the_head(tmp_path, bert_spe
 
 def test_eval_of_a_model_directory_refuses_a_round(tmp_path, bert_dir, ledger):
     path, _ = ledger
-    data = tinymodels.write_classification(tmp_path / "eval.tsv", n=8)
+    data = write_classification(tmp_path / "eval.tsv", n=8)
     result = CliRunner().invoke(
         eval_command, ["--model", str(bert_dir), "--ledger", str(path), "--data", str(data), "--round", "0"]
     )

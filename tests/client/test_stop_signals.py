@@ -10,9 +10,9 @@ import signal
 import time
 
 import pytest
-import tinymodels
 from click.testing import CliRunner
 from fakecoord import FakeCoordinator, Served, commit_message, synthetic_ledger
+from helpers import wait_until, write_classification
 
 from seedfed.client import progress
 from seedfed.client.checkpoints import CheckpointStore
@@ -77,7 +77,7 @@ def test_sigterm_inside_an_event_write_stops_cleanly_with_a_final_checkpoint(
     monkeypatch.setattr(progress, "open", events_open, raising=False)
     events = tmp_path / "events.jsonl"
     cache = tmp_path / "cache"
-    data = tinymodels.write_classification(tmp_path / "d.tsv", n=16)
+    data = write_classification(tmp_path / "d.tsv", n=16)
     served = Served(fake)
     try:
         result = CliRunner().invoke(
@@ -103,8 +103,6 @@ def test_sigterm_inside_an_event_write_stops_cleanly_with_a_final_checkpoint(
 
 
 def test_signals_before_the_target_are_kept_then_each_is_relayed_once(own_signals):
-    from fakecoord import wait_for
-
     from seedfed.client.signals import StopSignals
 
     got: list[str] = []
@@ -114,9 +112,10 @@ def test_signals_before_the_target_are_kept_then_each_is_relayed_once(own_signal
         time.sleep(0.2)
         assert got == []
         stops.deliver_to(got.append)
-        assert wait_for(lambda: len(got) == 2, 5) and got == ["SIGTERM", "SIGINT"]
+        wait_until(lambda: len(got) == 2, 5, lambda: got)
+        assert got == ["SIGTERM", "SIGINT"]
         os.kill(os.getpid(), signal.SIGTERM)
-        assert wait_for(lambda: len(got) == 3, 5)
+        wait_until(lambda: len(got) == 3, 5, lambda: got)
         time.sleep(0.2)
         assert got == ["SIGTERM", "SIGINT", "SIGTERM"]
     handlers, wakeup = own_signals
