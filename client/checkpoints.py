@@ -489,6 +489,7 @@ class CheckpointStore:
         if loaded is not None:  # every delta failed: the verified full checkpoint stands
             self._journal = _Journal(replica.round, loaded.meta["digest"], replica.round, replica.head_hash)
             return True
+        self._journal = None  # the caller moves the replica elsewhere
         return False
 
 

@@ -196,10 +196,7 @@ class ClientDaemon:
         base = load_base(reference, spec.objective.kind, device)
         replica = Replica.from_base(spec, base.module, device)  # raises BaseDigestMismatch
         self.store = CheckpointStore(cfg.cache, spec)
-        saved = self.store.newest(device)
-        if saved is not None:
-            replica.reset_to(saved)
-            del saved
+        if self.store.restore(replica):  # in place: no second copy of the state
             self._event("resumed", source="checkpoint", round=replica.round)
         else:
             self._event("resumed", source="base", round=0)
@@ -319,6 +316,7 @@ class ClientDaemon:
     def _finish_catch_up(self, stub, pending: list[RoundRecord], marker: pb.CaughtUp) -> None:
         replica = self.replica
         stats = replica.catch_up(pending, progress=lambda done, total: self.reporter.progress(done, total, "catching up"))
+        self.store.journal(pending)
         if stats.rounds:
             self.weights.refresh()
         if replica.round != marker.head_round or replica.head_hash != bytes(marker.head_hash):
@@ -345,6 +343,7 @@ class ClientDaemon:
 
     def _apply_live(self, stub, record: RoundRecord) -> None:
         self.replica.apply(record)  # verifies first
+        self.store.journal([record])
         self.weights.refresh()
         self.counters.rounds_applied += 1
         r = record.round
@@ -392,9 +391,12 @@ class ClientDaemon:
         self._mismatches.add((r, digest))
         log.error("STATE DIGEST MISMATCH at round %d: local %s, federation %s; resyncing", r, digest, resp.expected_digest)
         self.store.discard_after(self.confirmed_round)
-        saved = self.store.newest(self.replica.state.device)
-        self._event("resync", reason="digest mismatch", to=f"checkpoint {saved.round}" if saved else "base")
-        self._reset(saved)
+        restored = self.store.restore(self.replica)
+        self._event("resync", reason="digest mismatch", to=f"checkpoint {self.replica.round}" if restored else "base")
+        if restored:
+            self.weights.refresh()
+        else:
+            self._reset(None)
         raise SessionEnded(f"digest mismatch at round {r}: resynced to round {self.replica.round}")
 
     def _work(self, stub, open_event: pb.RoundOpen) -> None:
@@ -433,7 +435,15 @@ class ClientDaemon:
 
     def _checkpoint(self, digest: str | None = None) -> None:
         path = self.store.save(self.replica, digest)
-        self._event("checkpoint", round=self.replica.round, path=str(path))
+        saved = self.store.last_saved
+        self._event(
+            "checkpoint",
+            round=self.replica.round,
+            path=str(path),
+            kind=saved.kind,
+            bytes=saved.bytes,
+            seconds=round(saved.seconds, 3),
+        )
 
     def _shutdown(self, stub) -> None:
         if self.client_id:
