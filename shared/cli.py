@@ -24,6 +24,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+CLIENT_EXTRAS = ("torch", "transformers", "safetensors")
+
+
+def _missing_extras(name: str, exc: ModuleNotFoundError) -> click.ClickException | None:
+    if exc.name and exc.name.split(".")[0] in CLIENT_EXTRAS:
+        return click.ClickException(
+            f"'seedfed {name}' needs the client extras: pip install 'seedfed[client]' ({exc.name} is missing)"
+        )
+    return None
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -36,12 +47,22 @@ class LazyGroup(click.Group):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name and exc.name.split(".")[0] in ("torch", "transformers", "safetensors"):
-                raise click.ClickException(
-                    f"'seedfed {name}' needs the client extras: pip install 'seedfed[client]' ({exc.name} is missing)"
-                ) from None
-            raise
+            missing = _missing_extras(name, exc)
+            if missing is None:
+                raise
+            raise missing from None
         return getattr(module, attr)
+
+    def invoke(self, ctx: click.Context) -> object:
+        # The client commands import torch when they run, not when they load (their
+        # --help, and a signal handler installed before the slow import, need none).
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            missing = _missing_extras(ctx.invoked_subcommand or "", exc)
+            if missing is None:
+                raise
+            raise missing from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Help text without importing every subcommand.
