@@ -1,9 +1,12 @@
 """Building and running the gRPC server.
 
-Seams for deployment hardening: ``build_server(interceptors=...)`` takes
-server interceptors (tokens from the ``authorization`` metadata, metrics of
-bytes per RPC); ``add_listener(credentials=...)`` takes grpc.ServerCredentials
-for TLS; ``Coordinator(observer=...)`` takes the metrics observer.
+Every server checks requests (limits.RequestLimits) and answers storage
+failures with a reason (servicer.StorageRefusals). Seams for deployment
+hardening: ``build_server(interceptors=...)`` takes more interceptors,
+outside those two (tokens from the ``authorization`` metadata, Join rate,
+metrics of bytes per RPC); ``add_listener(credentials=...)`` takes
+grpc.ServerCredentials for TLS; ``Coordinator(observer=...)`` takes the
+metrics observer.
 """
 
 from __future__ import annotations
@@ -18,20 +21,20 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from seedfed.server.coordinator import Coordinator
-from seedfed.server.db import CoordinatorLock, open_database
+from seedfed.server.db import CoordinatorLock, open_store
+from seedfed.server.limits import TRANSPORT_OPTIONS, RequestLimits
 from seedfed.server.observer import NULL_OBSERVER, Observer
-from seedfed.server.rounds import EngineConfig
-from seedfed.server.servicer import CoordinatorServicer
-from seedfed.server.sql_store import SqlStore
+from seedfed.server.rounds import RoundsConfig
+from seedfed.server.servicer import CoordinatorServicer, StorageRefusals
 from seedfed.shared.taskspec import TaskSpec
-from seedfed.shared.wire import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
+from seedfed.shared.wire import MAX_RESPONSE_BYTES
 from seedfed.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
 
 SERVER_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    *TRANSPORT_OPTIONS,
     ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
     # Find dead peers of idle Sync streams; allow clients' keepalive pings.
     ("grpc.keepalive_time_ms", 20_000),
@@ -48,7 +51,9 @@ def build_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     options: Sequence[tuple[str, int]] = (),
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    server = grpc.aio.server(interceptors=list(interceptors), options=[*SERVER_OPTIONS, *options])
+    server = grpc.aio.server(
+        interceptors=[*interceptors, RequestLimits(), StorageRefusals()], options=[*SERVER_OPTIONS, *options]
+    )
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(coordinator), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -89,7 +94,7 @@ async def start_coordinator(
     listen: str,
     *,
     tasks: Sequence[TaskSpec] = (),
-    config: EngineConfig = EngineConfig(),
+    config: RoundsConfig = RoundsConfig(),
     observer: Observer = NULL_OBSERVER,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
@@ -98,9 +103,9 @@ async def start_coordinator(
     lock: CoordinatorLock | None = None,
 ) -> RunningCoordinator:
     """Open (and migrate) the database unless a store is given, start the
-    engines, register ``tasks``, bind ``listen`` and serve."""
+    rounds of every task, register ``tasks``, bind ``listen`` and serve."""
     if store is None:
-        store, lock = open_sql_store(store_url)
+        store, lock = open_store(store_url, lock=True)
     try:
         coordinator = Coordinator(store, config, observer)
         await coordinator.start()
@@ -117,12 +122,6 @@ async def start_coordinator(
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     return RunningCoordinator(coordinator, server, health_servicer, port, lock)
-
-
-def open_sql_store(url: str) -> tuple[SqlStore, CoordinatorLock]:
-    """The coordinator's database: locked against a second coordinator, migrated to the newest schema."""
-    engine, lock = open_database(url, lock=True)
-    return SqlStore(engine), lock
 
 
 async def run_until_signal(running: RunningCoordinator, on_ready: Callable[[int], None] | None = None) -> None:

@@ -20,16 +20,17 @@ aggregation (median, trimmed mean) needs to bound an attacker.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
-from seedfed.server.errors import Refusal, abort
+from seedfed.server import errors
+from seedfed.server.errors import Refusal
+from seedfed.server.interception import CallInfo, Interceptor
 from seedfed.server.tokens import MAX_TOKEN_CHARS, TokenStore, fingerprint, token_hash
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,6 @@ class Principal:
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.token_hash)
-
-
-# The caller of the RPC being handled; None when auth is off.
-current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("seedfed_principal", default=None)
 
 
 def bearer_token(metadata) -> str | None:  # noqa: ANN001 - grpc metadata: a sequence of (key, value)
@@ -158,39 +155,18 @@ class TokenRegistry:
                 del self._watchers[h]
 
 
-def _refusal_handler(kind: str, message: str, reason: str) -> grpc.RpcMethodHandler:
-    """A handler of the call's own kind that only refuses; it takes the request
-    as raw bytes, so nothing from an unauthenticated peer is parsed."""
-
-    refusal = Refusal(grpc.StatusCode.UNAUTHENTICATED, reason, message)
-
-    async def refuse(request, context):  # noqa: ANN001
-        await abort(context, refusal)
-
-    async def refuse_stream(request, context):  # noqa: ANN001
-        await abort(context, refusal)
-        yield b""  # unreachable: makes this an async generator
-
-    if kind == "unary_stream":
-        return grpc.unary_stream_rpc_method_handler(refuse_stream)
-    if kind == "stream_unary":
-        return grpc.stream_unary_rpc_method_handler(refuse)
-    if kind == "stream_stream":
-        return grpc.stream_stream_rpc_method_handler(refuse_stream)
-    return grpc.unary_unary_rpc_method_handler(refuse)
-
-
-def _kind(handler: grpc.RpcMethodHandler) -> str:
-    if handler.request_streaming:
-        return "stream_stream" if handler.response_streaming else "stream_unary"
-    return "unary_stream" if handler.response_streaming else "unary_unary"
-
-
 # (task_id, client_id) -> the name the client joined under, None when unknown
 OwnerLookup = Callable[[str, str], Awaitable[str | None]]
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+@dataclass
+class _Call:
+    method: str
+    principal: Principal
+    revoked: asyncio.Event | None = field(default=None)
+
+
+class AuthInterceptor(Interceptor):
     def __init__(
         self, registry: TokenRegistry, exempt: tuple[str, ...] = EXEMPT_PREFIXES, owner: OwnerLookup | None = None
     ) -> None:
@@ -198,95 +174,47 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self.exempt = exempt
         self.owner = owner  # bound once the coordinator exists (Hardening.bind)
 
-    async def identity_refusal(self, method: str, request, principal: Principal) -> Refusal | None:  # noqa: ANN001
-        """Why ``principal`` may not make this call about this client, or None."""
-        if method.endswith("/Join"):
-            name = getattr(request, "name", None)
-            if isinstance(name, str) and name != principal.name:
-                return Refusal(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    "name-not-token",
-                    f"this token joins only under its own name, {principal.name!r}",
-                )
-            return None
-        client_id = getattr(request, "client_id", None)
-        if not isinstance(client_id, str) or not client_id:
-            return None
-        if self.owner is None:
-            return Refusal(grpc.StatusCode.UNAVAILABLE, "starting", "the coordinator is starting; try again shortly")
-        owner = await self.owner(getattr(request, "task_id", ""), client_id)
-        if owner is not None and owner != principal.name:
-            return Refusal(grpc.StatusCode.PERMISSION_DENIED, "not-your-client", "this client belongs to another token")
-        return None  # an unknown client: the service answers unknown-client
+    def covers(self, method: str) -> bool:
+        return not method.startswith(self.exempt)
 
-    async def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001
-        method = handler_call_details.method or ""
-        handler = await continuation(handler_call_details)
-        if handler is None or method.startswith(self.exempt):
-            return handler
-        token = bearer_token(handler_call_details.invocation_metadata)
+    async def open(self, call: CallInfo) -> _Call:
+        token = bearer_token(call.metadata)
         if token is None:
-            return _refusal_handler(
-                _kind(handler), "this coordinator requires a client token: authorization: Bearer <token>", "no-token"
-            )
+            raise Refusal(errors.NO_TOKEN, "this coordinator requires a client token: authorization: Bearer <token>")
         principal = await self.registry.authenticate(token)
         if principal is None:
-            return _refusal_handler(_kind(handler), "the client token is unknown or revoked", "bad-token")
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._unary(handler.unary_unary, principal, method))
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=self._stream(handler.unary_stream, principal, method))
-        return handler  # the protocol has no client-streaming calls
+            raise Refusal(errors.BAD_TOKEN, "the client token is unknown or revoked")
+        return _Call(call.method, principal)
 
-    def _unary(self, behavior, principal: Principal, method: str):  # noqa: ANN001, ANN205
-        async def call(request, context):  # noqa: ANN001
-            current_principal.set(principal)
-            refusal = await self.identity_refusal(method, request, principal)
-            if refusal is not None:
-                await abort(context, refusal)
-            result = behavior(request, context)
-            return await result if inspect.isawaitable(result) else result
+    async def admit(self, call: _Call, request: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: ANN401
+        """Refuses when the caller may not make this call about this client."""
+        principal = call.principal
+        if call.method.endswith("/Join"):
+            name = getattr(request, "name", None)
+            if isinstance(name, str) and name != principal.name:
+                raise Refusal(errors.NAME_NOT_TOKEN, f"this token joins only under its own name, {principal.name!r}")
+            return
+        client_id = getattr(request, "client_id", None)
+        if not isinstance(client_id, str) or not client_id:
+            return
+        if self.owner is None:
+            raise Refusal(errors.STARTING, "the coordinator is starting; try again shortly")
+        owner = await self.owner(getattr(request, "task_id", ""), client_id)
+        if owner is not None and owner != principal.name:
+            raise Refusal(errors.NOT_YOUR_CLIENT, "this client belongs to another token")
+        # an unknown client: the service answers unknown-client
 
-        return call
+    def until(self, call: _Call) -> Awaitable[Refusal]:
+        """An open stream ends when its token is revoked."""
+        call.revoked = self.registry.watch(call.principal.token_hash)
 
-    def _stream(self, behavior, principal: Principal, method: str):  # noqa: ANN001, ANN205
-        registry = self.registry
+        async def revoked() -> Refusal:
+            await call.revoked.wait()
+            log.info("closing a stream of revoked token %s (%s)", call.principal.fingerprint, call.principal.name)
+            return Refusal(errors.TOKEN_REVOKED, "the client token was revoked")
 
-        async def call(request, context):  # noqa: ANN001
-            current_principal.set(principal)
-            refusal = await self.identity_refusal(method, request, principal)
-            if refusal is not None:
-                await abort(context, refusal)
-            events = behavior(request, context)
-            if not inspect.isasyncgen(events):  # a handler that writes with context.write
-                await events
-                return
-            revoked = registry.watch(principal.token_hash)
-            revoked_wait = asyncio.ensure_future(revoked.wait())
-            nxt: asyncio.Future | None = None
-            try:
-                while True:
-                    # Wait for the next event or the revocation, whichever comes first.
-                    nxt = asyncio.ensure_future(events.__anext__())
-                    await asyncio.wait((nxt, revoked_wait), return_when=asyncio.FIRST_COMPLETED)
-                    if not nxt.done():
-                        log.info("closing a stream of revoked token %s (%s)", principal.fingerprint, principal.name)
-                        await abort(
-                            context, Refusal(grpc.StatusCode.UNAUTHENTICATED, "token-revoked", "the client token was revoked")
-                        )
-                    try:
-                        item = nxt.result()
-                    except StopAsyncIteration:
-                        return
-                    nxt = None
-                    yield item
-            finally:
-                # Also reached when the peer cancels: nothing may outlive the call.
-                if nxt is not None and not nxt.done():
-                    nxt.cancel()
-                    await asyncio.gather(nxt, return_exceptions=True)
-                revoked_wait.cancel()
-                registry.unwatch(principal.token_hash, revoked)
-                await events.aclose()
+        return revoked()
 
-        return call
+    def finished(self, call: _Call, code: str) -> None:
+        if call.revoked is not None:
+            self.registry.unwatch(call.principal.token_hash, call.revoked)

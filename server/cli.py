@@ -9,12 +9,13 @@ from pathlib import Path
 
 import click
 
-from seedfed.server.db import DEFAULT_DB_URL, DatabaseError, normalize_url, open_database
+from seedfed.server.db import DEFAULT_DB_URL, DatabaseError, normalize_url, open_store
 from seedfed.server.hardening import hardening_options, options_from_kwargs
 from seedfed.server.store import TaskConflictError
 from seedfed.shared.taskspec import TaskSpec, TaskSpecError
 
 DB_HELP = "database URL: sqlite:///PATH (default ./seedfed.db) or postgresql+psycopg://USER@HOST:PORT/DB"
+COORDINATOR_DB_HELP = DB_HELP + "; memory:// keeps the ledger in memory for a throwaway run (with --no-auth)"
 
 
 def _load_specs(paths: tuple[str, ...]) -> list[TaskSpec]:
@@ -28,14 +29,12 @@ def _load_specs(paths: tuple[str, ...]) -> list[TaskSpec]:
 
 
 def _open_store(url: str, *, must_exist: bool = False, lock: bool = False):  # noqa: ANN202
-    """A migrated SqlStore (and, with lock=True, the one-coordinator lock), or a clear CLI error."""
-    from seedfed.server.sql_store import SqlStore
-
+    """The store at ``url`` (and, with lock=True, the one-coordinator lock), or a clear CLI error."""
     try:
-        engine, held = open_database(url, must_exist=must_exist, lock=lock)
+        store, held = open_store(url, must_exist=must_exist, lock=lock)
     except DatabaseError as exc:
         raise click.ClickException(str(exc)) from None
-    return (SqlStore(engine), held) if lock else SqlStore(engine)
+    return (store, held) if lock else store
 
 
 def _parse_listen(listen: str) -> str:
@@ -56,7 +55,9 @@ def _parse_listen(listen: str) -> str:
     envvar="SEEDFED_COORDINATOR_TASK",
     help="task file (TOML) to register; repeatable (env SEEDFED_COORDINATOR_TASK, space-separated)",
 )
-@click.option("--db", "db_url", default=DEFAULT_DB_URL, show_default=True, envvar="SEEDFED_COORDINATOR_DB", help=DB_HELP)
+@click.option(
+    "--db", "db_url", default=DEFAULT_DB_URL, show_default=True, envvar="SEEDFED_COORDINATOR_DB", help=COORDINATOR_DB_HELP
+)
 @click.option("--listen", default="127.0.0.1:50051", show_default=True, help="HOST:PORT to serve gRPC on")
 @click.option(
     "--lease-seconds",
@@ -79,7 +80,7 @@ def coordinator(
     """
     from seedfed.server.app import run_until_signal, start_coordinator
     from seedfed.server.hardening import Hardening, TransportError
-    from seedfed.server.rounds import EngineConfig
+    from seedfed.server.rounds import RoundsConfig
     from seedfed.shared.logs import configure_logging
 
     configure_logging(log_level, log_format)
@@ -97,7 +98,8 @@ def coordinator(
             store.register_task(spec, time.time())
         except TaskConflictError as exc:
             store.close()
-            lock.release()
+            if lock is not None:
+                lock.release()
             raise click.ClickException(f"{exc}; use a new task_id for a new genesis") from None
 
     def ready(port: int) -> None:
@@ -117,13 +119,12 @@ def coordinator(
                 running = await start_coordinator(
                     "",
                     listen,
-                    config=EngineConfig(lease_seconds=lease_seconds),
+                    config=RoundsConfig(lease_seconds=lease_seconds),
                     store=store,
                     lock=lock,
                     observer=hardening.observer,
                     interceptors=hardening.interceptors,
                     credentials=hardening.credentials,
-                    options=hardening.server_options,
                 )
             except (OSError, RuntimeError) as exc:
                 raise click.ClickException(f"cannot listen on {listen}: {exc}") from None

@@ -1,15 +1,18 @@
-"""Database engines and schema migrations.
+"""Database URLs, engines and schema migrations: the one way from a URL to a store.
 
 SQLite is the embedded default: WAL (readers never block the writer), a busy
 timeout, foreign keys on, synchronous=FULL so that an acknowledged
 submission survives a crash. The coordinator writes from one thread only
 (see writer.py), so SQLite's single-writer rule costs nothing. PostgreSQL is
-chosen by URL (postgresql+psycopg://...).
+chosen by URL (postgresql+psycopg://...). ``memory://`` keeps the ledger in
+the coordinator's own memory: a throwaway run, gone when it stops.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
@@ -18,8 +21,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
+if TYPE_CHECKING:
+    from seedfed.server.store import LedgerStore
+
+log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 DEFAULT_DB_URL = "sqlite:///seedfed.db"
+MEMORY_URL = "memory://"
 
 
 class DatabaseError(RuntimeError):
@@ -160,11 +168,40 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+def is_memory(url: str) -> bool:
+    return url.strip().rstrip("/") == MEMORY_URL.rstrip("/")
+
+
+def open_store(url: str, *, must_exist: bool = False, lock: bool = False) -> tuple[LedgerStore, CoordinatorLock | None]:
+    """The ledger store at ``url`` (see ``open_database`` for the flags).
+
+    ``memory://`` is for the coordinator alone (``lock``: the process that
+    serves the ledger): a MemoryStore with no migrations and no lock, since
+    no other process can reach it. To any other tool it would be an empty
+    database that vanishes when the command ends, so they get a DatabaseError.
+    """
+    if is_memory(url):
+        if not lock:
+            raise DatabaseError(
+                f"{MEMORY_URL} lives only inside a running coordinator; give this command a database file or server"
+            )
+        from seedfed.server.memory_store import MemoryStore
+
+        log.warning("the ledger is in memory (%s): nothing survives a restart of this coordinator", MEMORY_URL)
+        return MemoryStore(), None
+    from seedfed.server.sql_store import SqlStore
+
+    engine, held = open_database(url, must_exist=must_exist, lock=lock)
+    return SqlStore(engine), held
+
+
 def open_database(url: str, *, must_exist: bool = False, lock: bool = False) -> tuple[Engine, CoordinatorLock | None]:
     """The one way to open a coordinator database: an engine migrated to the
     newest schema, and with ``lock`` the one-coordinator lock taken first.
     ``must_exist`` refuses to create a new SQLite file (tools that only read).
     Every failure is a DatabaseError with one message form."""
+    if is_memory(url):
+        raise DatabaseError(f"{MEMORY_URL} keeps no tables: give a database file or server")
     url = normalize_url(url)
     if must_exist and url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])

@@ -3,7 +3,8 @@ client tokens, request limits, metrics and structured logs.
 
 ``hardening_options`` puts the flags on ``seedfed coordinator``;
 ``Hardening.from_options`` turns them into what ``start_coordinator`` takes
-(interceptors, server credentials, an observer). Every flag is also an
+(interceptors, server credentials, an observer). Request limits and their
+transport options are on every server (app.build_server), hardened or not. Every flag is also an
 environment variable, SEEDFED_COORDINATOR_<FLAG> (the container's way).
 """
 
@@ -17,7 +18,8 @@ import click
 import grpc
 
 from seedfed.server.auth import DEFAULT_REFRESH_S, AuthInterceptor, TokenRegistry
-from seedfed.server.limits import LimitsInterceptor, PeerLimiter, server_options
+from seedfed.server.db import DatabaseError, is_memory
+from seedfed.server.limits import JoinRateLimit, PeerLimiter
 from seedfed.server.metrics import Metrics, MetricsInterceptor, PrometheusObserver
 from seedfed.shared.logs import LOG_FORMATS
 from seedfed.shared.tls import TransportError, check_server_transport, server_credentials
@@ -89,7 +91,6 @@ class Hardening:
     metrics: Metrics
     observer: PrometheusObserver
     registry: TokenRegistry | None = None
-    server_options: list[tuple[str, int]] = field(default_factory=server_options)
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     token_store: Any = None
@@ -120,10 +121,13 @@ class Hardening:
         if not no_auth:
             from seedfed.server.tokens import open_token_store
 
+            if is_memory(db_url):
+                raise DatabaseError("client tokens live in a database: a memory:// coordinator runs only with --no-auth")
+
             token_store = open_token_store(db_url)
             registry = TokenRegistry.for_store(token_store, auth_refresh)
             interceptors.append(AuthInterceptor(registry))
-        interceptors.append(LimitsInterceptor(PeerLimiter(rate=join_rate, burst=join_burst)))
+        interceptors.append(JoinRateLimit(PeerLimiter(rate=join_rate, burst=join_burst)))
         return cls(
             interceptors,
             credentials,
@@ -139,8 +143,8 @@ class Hardening:
         """Let authentication see which name each client joined under."""
 
         async def owner(task_id: str, client_id: str) -> str | None:
-            engine = coordinator.engines.get(task_id)
-            client = engine.clients.get(client_id) if engine is not None else None
+            rounds = coordinator.rounds.get(task_id)
+            client = rounds.clients.get(client_id) if rounds is not None else None
             return None if client is None else client.name
 
         for interceptor in self.interceptors:

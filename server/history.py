@@ -5,8 +5,7 @@ commands turn them into messages."""
 
 from __future__ import annotations
 
-from seedfed.server.db import DEFAULT_DB_URL, open_database
-from seedfed.server.sql_store import SqlStore
+from seedfed.server.db import DEFAULT_DB_URL, open_store
 from seedfed.shared.ledger import LedgerError, RoundRecord, read_ledger_file
 from seedfed.shared.taskspec import TaskSpec
 
@@ -15,8 +14,7 @@ def load_history(db_url: str | None, task_id: str | None, ledger_file: str | Non
     """Genesis and committed rounds, unverified: callers verify the chain."""
     if ledger_file:
         return read_ledger_file(ledger_file)
-    engine, _ = open_database(db_url or DEFAULT_DB_URL, must_exist=True)
-    store = SqlStore(engine)
+    store, _ = open_store(db_url or DEFAULT_DB_URL, must_exist=True)
     try:
         if task_id is None:
             tasks = store.list_tasks()

@@ -1,73 +1,115 @@
-"""Bounds on everything a peer can send: message sizes, field shapes, and the
-rate of Join calls.
+"""Bounds on everything a peer can send: metadata and message sizes, field
+shapes, and the rate of Join calls.
 
-The coordinator faces the public internet, so every request field is checked
-before it reaches the round engine or the database, and a refusal is a gRPC
+The coordinator faces the public internet, so every request is checked
+before it reaches a task's rounds or the database, and a refusal is a gRPC
 status with a machine-readable reason (trailing metadata ``seedfed-reason``),
-never an unhandled exception.
+never an unhandled exception. gRPC itself is let accept somewhat more than
+the limits (``TRANSPORT_OPTIONS``), so that what lies between gets a reason;
+only beyond the transport's own caps does gRPC refuse by itself.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
-from seedfed.server.errors import Refusal, abort, invalid
-from seedfed.shared.wire import MAX_METADATA_BYTES
+from seedfed.server import errors
+from seedfed.server.errors import Refusal
+from seedfed.server.interception import CallInfo, Interceptor
+from seedfed.shared.wire import CLIENT_ID, CLIENT_NAME, DIGEST, MAX_METADATA_BYTES, MAX_REQUEST_BYTES, TASK_ID
 
-TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # the genesis's own rule
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")  # device names (clients.name is 128 wide)
-CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
+# gRPC's own caps, above the limits: beyond them the transport refuses
+# (RESOURCE_EXHAUSTED, no reason trailer), between them and the limits we do.
+TRANSPORT_REQUEST_BYTES = 1024 * 1024
+TRANSPORT_METADATA_BYTES = 4 * MAX_METADATA_BYTES
+TRANSPORT_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", TRANSPORT_REQUEST_BYTES),
+    # soft = hard: between the two gRPC would refuse at random
+    ("grpc.max_metadata_size", TRANSPORT_METADATA_BYTES),
+    ("grpc.absolute_max_metadata_size", TRANSPORT_METADATA_BYTES),
+]
+# What HTTP/2 counts per metadata entry beyond its name and value (RFC 7540, 6.5.2).
+METADATA_ENTRY_OVERHEAD = 32
 
-# -- field checks: each raises Refusal(INVALID_ARGUMENT) naming the field
-
-
-def _printable(value: str, limit: int = 40) -> str:
-    """A hostile string, shortened and escaped, safe to put into a status message or a log line."""
-    return ascii(value[:limit]) + ("..." if len(value) > limit else "")
-
-
-def check_task_id(value: str) -> str:
-    if not TASK_ID_RE.fullmatch(value):
-        raise invalid("bad-task-id", f"task_id {_printable(value)} must be 1-64 of [A-Za-z0-9_.-]")
-    return value
+COORDINATOR_PREFIX = "/seedfed.v1.Coordinator/"
 
 
-def check_name(value: str) -> str:
-    if not NAME_RE.fullmatch(value):
-        raise invalid("bad-name", f"name {_printable(value)} must be 1-128 of [A-Za-z0-9_.:@-], starting with a letter or digit")
-    return value
+def metadata_bytes(metadata: tuple[tuple[str, str | bytes], ...]) -> int:
+    return sum(len(k) + len(v) + METADATA_ENTRY_OVERHEAD for k, v in metadata)
 
 
-def check_client_id(value: str) -> str:
-    if not CLIENT_ID_RE.fullmatch(value):
-        raise invalid("bad-client-id", f"client_id {_printable(value)} must be 1-64 of [A-Za-z0-9_-]")
-    return value
+def check_request(method: str, request: Any) -> None:  # noqa: ANN401 - a seedfed.v1 request message
+    """The field shapes of a Coordinator request, from the wire's table; each
+    task's rounds check the rest against live state (round and slot current,
+    scalar count = assignment)."""
+    task_id = getattr(request, "task_id", None)
+    if task_id is not None:
+        errors.check_field(TASK_ID, task_id, optional=method == "Status")  # Status may name no task
+    client_id = getattr(request, "client_id", None)
+    if client_id is not None:
+        errors.check_field(CLIENT_ID, client_id)
+    if method == "Join":
+        errors.check_field(CLIENT_NAME, request.name)
+        errors.check_field(DIGEST, request.base_digest)
+    elif method == "Heartbeat":
+        errors.check_field(DIGEST, request.digest, optional=True)  # no report with this heartbeat
 
 
-def check_digest(value: str, field: str = "digest", optional: bool = False) -> str:
-    if optional and value == "":
-        return value
-    if not DIGEST_RE.fullmatch(value):
-        raise invalid("bad-digest", f"{field} {_printable(value)} must be 64 lowercase hex digits")
-    return value
+class Unparsed:
+    """Stands in for a request that was not parsed: too large, or bytes that do
+    not parse, so the call gets a clear refusal instead of gRPC's generic
+    INTERNAL."""
+
+    def __init__(self, size: int, refusal: Refusal) -> None:
+        self.size, self.refusal = size, refusal
+
+    def ByteSize(self) -> int:  # noqa: N802 - the protobuf name, for byte counters
+        return self.size
 
 
-# -- transport options
+def _guarded(deserializer):  # noqa: ANN001, ANN202
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes):  # noqa: ANN202
+        if len(data) > MAX_REQUEST_BYTES:
+            return Unparsed(
+                len(data), Refusal(errors.TOO_LARGE, f"the request is {len(data)} bytes; at most {MAX_REQUEST_BYTES}")
+            )
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, invalid UTF-8 in a string field, ...
+            return Unparsed(
+                len(data), Refusal(errors.MALFORMED, f"the request is not a valid message ({exc.__class__.__name__})")
+            )
+
+    return parse
 
 
-def server_options() -> list[tuple[str, int]]:
-    """Channel arguments beyond the service's own (app.SERVER_OPTIONS bounds
-    message sizes): metadata, where the bearer token is the largest entry,
-    stays small."""
-    return [("grpc.max_metadata_size", MAX_METADATA_BYTES)]
+class RequestLimits(Interceptor):
+    """Every call of the server: metadata size before anything is parsed, then
+    request size, parsability and, on the Coordinator's methods, field shapes."""
+
+    async def open(self, call: CallInfo) -> CallInfo:
+        size = metadata_bytes(call.metadata)
+        if size > MAX_METADATA_BYTES:
+            raise Refusal(errors.METADATA_TOO_LARGE, f"the request metadata is {size} bytes; at most {MAX_METADATA_BYTES}")
+        return call
+
+    def deserializer(self, inner):  # noqa: ANN001, ANN201
+        return _guarded(inner)
+
+    async def admit(self, call: CallInfo, request: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: ANN401
+        if isinstance(request, Unparsed):
+            raise request.refusal
+        if call.method.startswith(COORDINATOR_PREFIX):
+            check_request(call.method[len(COORDINATOR_PREFIX) :], request)
 
 
 # -- Join flood limiting
@@ -118,9 +160,7 @@ class PeerLimiter:
 
     def check(self, peer: str) -> None:
         if not self.allow(peer_host(peer)):
-            raise Refusal(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, "rate-limited", "too many Join calls from this address; retry later"
-            )
+            raise Refusal(errors.RATE_LIMITED, "too many Join calls from this address; retry later")
 
 
 def peer_host(peer: str) -> str:
@@ -134,100 +174,14 @@ def peer_host(peer: str) -> str:
     return peer  # unix sockets and anything else: the whole string
 
 
-# -- the interceptor that applies all of the above before a handler runs
+class JoinRateLimit(Interceptor):
+    """A token bucket per peer address on Join."""
 
-COORDINATOR_PREFIX = "/seedfed.v1.Coordinator/"
+    def __init__(self, limiter: PeerLimiter | None = None) -> None:
+        self.limiter = limiter or PeerLimiter()
 
+    def covers(self, method: str) -> bool:
+        return method == COORDINATOR_PREFIX + "Join"
 
-def check_request(method: str, request) -> None:  # noqa: ANN001 - a seedfed.v1 request message
-    """Shape checks common to every Coordinator RPC; the engine checks the rest
-    against live state (round and slot current, scalar count = assignment)."""
-    task_id = getattr(request, "task_id", None)
-    if task_id is not None and not (method == "Status" and task_id == ""):  # Status may name no task
-        check_task_id(task_id)
-    client_id = getattr(request, "client_id", None)
-    if client_id is not None:
-        check_client_id(client_id)
-    if method == "Join":
-        check_name(request.name)
-        check_digest(request.base_digest, "base_digest")
-    elif method == "Heartbeat":
-        check_digest(request.digest, optional=True)
-
-
-class Malformed:
-    """Stands in for a request whose bytes do not parse, so the call gets a
-    clear INVALID_ARGUMENT instead of grpc's generic INTERNAL."""
-
-    def __init__(self, size: int, error: str) -> None:
-        self.size, self.error = size, error
-
-    def ByteSize(self) -> int:  # noqa: N802 - the protobuf name, for byte counters
-        return self.size
-
-
-def _tolerant(deserializer):  # noqa: ANN001, ANN202
-    if deserializer is None:
-        return None
-
-    def parse(data: bytes):  # noqa: ANN202
-        try:
-            return deserializer(data)
-        except Exception as exc:  # protobuf's DecodeError, invalid UTF-8 in a string field, ...
-            return Malformed(len(data), exc.__class__.__name__)
-
-    return parse
-
-
-class LimitsInterceptor(grpc.aio.ServerInterceptor):
-    """Field checks on every Coordinator request and a token bucket per peer on Join."""
-
-    def __init__(self, join_limiter: PeerLimiter | None = None) -> None:
-        self.join_limiter = join_limiter or PeerLimiter()
-
-    async def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        full = handler_call_details.method or ""
-        ours = full.startswith(COORDINATOR_PREFIX)  # other services (health) only get the parse guard
-        method = full[len(COORDINATOR_PREFIX) :] if ours else full
-        limiter = self.join_limiter if ours and method == "Join" else None
-
-        def admit(request, context) -> None:  # noqa: ANN001
-            if limiter is not None:
-                limiter.check(context.peer())
-            if isinstance(request, Malformed):
-                raise invalid("malformed", f"the request is not a valid {method} message ({request.error})")
-            if ours:
-                check_request(method, request)
-
-        deserializer = _tolerant(handler.request_deserializer)
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            async def unary(request, context):  # noqa: ANN001
-                try:
-                    admit(request, context)
-                except Refusal as r:
-                    await abort(context, r)
-                return await inner(request, context)
-
-            return handler._replace(unary_unary=unary, request_deserializer=deserializer)
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            async def stream(request, context):  # noqa: ANN001
-                try:
-                    admit(request, context)
-                except Refusal as r:
-                    await abort(context, r)
-                events = inner_stream(request, context)
-                try:
-                    async for item in events:
-                        yield item
-                finally:  # close the handler's generator now, also when the peer cancels
-                    await events.aclose()
-
-            return handler._replace(unary_stream=stream, request_deserializer=deserializer)
-        return handler
+    async def admit(self, call: CallInfo, request: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: ANN401
+        self.limiter.check(context.peer())

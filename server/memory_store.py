@@ -1,4 +1,4 @@
-"""LedgerStore in process memory: for tests and throwaway runs, gone at exit.
+"""LedgerStore in process memory (``--db memory://``): for throwaway runs, gone at exit.
 
 One lock serialises every method; each method checks before it mutates, so a
 refused transition leaves nothing behind, as in SQL.

@@ -1,7 +1,7 @@
 """Prometheus metrics of the coordinator.
 
-Two sources feed one registry: ``PrometheusObserver`` receives the round
-engine's events (observer.py is the seam), and ``MetricsInterceptor`` sees
+Two sources feed one registry: ``PrometheusObserver`` receives the events of
+every task's rounds (observer.py is the seam), and ``MetricsInterceptor`` sees
 every RPC (bytes in and out, status codes, open streams). Metric names are
 listed in docs/security.md's operations section and read back by
 ``seedfed status --metrics``.
@@ -9,13 +9,13 @@ listed in docs/security.md's operations section and read back by
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
+from typing import Any
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from seedfed.server.interception import CallInfo, Interceptor
 from seedfed.server.observer import Observer
 
 log = logging.getLogger(__name__)
@@ -105,17 +105,7 @@ def _size(message) -> int:  # noqa: ANN001 - a protobuf message, or raw bytes fo
     return size() if size else 0
 
 
-def _code_name(context) -> str:  # noqa: ANN001
-    try:
-        code = context.code()
-    except Exception:
-        code = None
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    return "UNKNOWN"
-
-
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(Interceptor):
     """Counts payload bytes and status codes per method. Put it first in the
     interceptor list, so it also sees calls that authentication refuses.
     Methods the server does not serve are not counted: their names come from
@@ -124,60 +114,18 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
 
-    async def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._unary(handler.unary_unary, method))
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=self._stream(handler.unary_stream, method))
-        return handler
+    def received(self, call: CallInfo, request: Any) -> None:  # noqa: ANN401
+        self.m.bytes_received.labels(call.method).inc(_size(request))
+        if call.streaming:
+            self.m.streams_open.inc()
 
-    def _unary(self, behavior, method: str):  # noqa: ANN001, ANN205
-        m = self.m
+    def sent(self, call: CallInfo, message: Any) -> None:  # noqa: ANN401
+        self.m.bytes_sent.labels(call.method).inc(_size(message))
 
-        async def call(request, context):  # noqa: ANN001
-            m.bytes_received.labels(method).inc(_size(request))
-            try:
-                result = behavior(request, context)
-                response = await result if inspect.isawaitable(result) else result
-            except BaseException:
-                m.rpcs.labels(method, _code_name(context)).inc()
-                raise
-            m.bytes_sent.labels(method).inc(_size(response))
-            m.rpcs.labels(method, "OK").inc()
-            return response
-
-        return call
-
-    def _stream(self, behavior, method: str):  # noqa: ANN001, ANN205
-        m = self.m
-
-        async def call(request, context):  # noqa: ANN001
-            m.bytes_received.labels(method).inc(_size(request))
-            m.streams_open.inc()
-            sent = m.bytes_sent.labels(method)
-            code = "OK"
-            events = behavior(request, context)
-            try:
-                if not inspect.isasyncgen(events):
-                    await events
-                    return
-                async for item in events:
-                    sent.inc(_size(item))
-                    yield item
-            except BaseException:
-                code = _code_name(context)
-                raise
-            finally:
-                m.streams_open.dec()
-                m.rpcs.labels(method, code).inc()
-                if inspect.isasyncgen(events):
-                    await events.aclose()
-
-        return call
+    def finished(self, call: CallInfo, code: str) -> None:
+        if call.streaming:
+            self.m.streams_open.dec()
+        self.m.rpcs.labels(call.method, code).inc()
 
 
 # -- reading the metrics back (``seedfed status --metrics URL``)

@@ -47,7 +47,6 @@ class ClientRow(Base):
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.task_id"), index=True)
     client_id: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(128))
-    token_hash: Mapped[bytes | None] = mapped_column(LargeBinary(64), nullable=True)  # filled by the token feature
     joined_at: Mapped[float] = mapped_column(Float)
     lease_until: Mapped[float] = mapped_column(Float)  # unix seconds; 0 after Leave
     last_seen: Mapped[float] = mapped_column(Float)

@@ -1,4 +1,4 @@
-"""Conversions between the engine's records and the seedfed.v1 messages."""
+"""Conversions between the events of a task's rounds and the seedfed.v1 messages."""
 
 from __future__ import annotations
 

@@ -1,12 +1,15 @@
-"""The round engine of one task: membership, leases, the round state machine
+"""The rounds of one task: membership, leases, the round state machine
 (open -> collect -> commit | abandon -> reopen) and the live event fan-out.
 
 All state lives on the asyncio loop; every change of durable state goes
 through the single writer (writer.py) first and is applied in memory only
 after its transaction committed, so memory never runs ahead of the database.
 One driver coroutine makes every round transition; RPC handlers only wake
-it. After a restart the engine rebuilds itself from the store: the same open
+it. After a restart a task's rounds are rebuilt from the store: the same open
 attempt, the same assignments, the same accepted submissions.
+
+A request is checked completely before anything changes: a refusal leaves
+leases, who is online, round attempts and digest reports as they were.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import secrets
 import time
 from collections import Counter, OrderedDict
@@ -40,14 +42,13 @@ from seedfed.server.writer import StoreWriter
 from seedfed.shared.ledger import RoundRecord, round_payload
 from seedfed.shared.round_math import compute_commit, plan_round
 from seedfed.shared.taskspec import TaskSpec
+from seedfed.shared.wire import CLIENT_NAME, DIGEST
 
 log = logging.getLogger(__name__)
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-MAX_NAME = 128
 
 
 @dataclass(frozen=True)
-class EngineConfig:
+class RoundsConfig:
     lease_seconds: float = 30.0
     tick_seconds: float = 0.25  # how soon a lapsed lease or a passed deadline is noticed
     record_cache_rounds: int = 4096  # newest committed rounds kept in memory for catch-up
@@ -130,31 +131,34 @@ class SyncStart:
 
 
 @dataclass(frozen=True)
+class SubmitAnswer:
+    received: int  # submissions of the open attempt, this one included
+    expected: int  # slots of the open attempt
+    identical: bool  # a retry of a submission accepted before: nothing changed
+
+
+@dataclass(frozen=True)
 class StatusSnapshot:
     task_id: str
     head_round: int
     head_hash: bytes
     open_round: int
-    open_attempt: int
     clients_online: int
-    clients_known: int
     submissions_in_open_round: int
-    expected_in_open_round: int
     digest_round: int
     digest: str
     ledger_bytes: int
     last_loss: float | None
-    finished: bool
 
 
-class TaskEngine:
+class TaskRounds:
     def __init__(
         self,
         store: LedgerStore,
         writer: StoreWriter,
         spec: TaskSpec,
         reader: Executor,
-        config: EngineConfig = EngineConfig(),
+        config: RoundsConfig = RoundsConfig(),
         observer: Observer = NULL_OBSERVER,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -265,8 +269,7 @@ class TaskEngine:
         return sorted((c for c in self.clients.values() if c.online(now)), key=lambda c: c.seq)
 
     async def join(self, name: str, base_digest: str) -> JoinResult:
-        if not name or len(name) > MAX_NAME or not name.isprintable():
-            raise errors.invalid("name", f"device name must be 1-{MAX_NAME} printable characters")
+        errors.check_field(CLIENT_NAME, name)
         if base_digest != self.spec.base_digest:
             raise errors.base_digest(base_digest, self.spec.base_digest)
         now = self.now()
@@ -295,8 +298,14 @@ class TaskEngine:
 
     async def leave(self, client_id: str) -> None:
         c = self._client(client_id)
-        self.writer.forget_lease(self.task_id, client_id)
-        await self.writer.run(self.store.leave_client, self.task_id, client_id, self.now())
+        # Dropped before the write, so a renewal flushed after it cannot bring the lease back.
+        dropped = self.writer.forget_lease(self.task_id, client_id)
+        try:
+            await self.writer.run(self.store.leave_client, self.task_id, client_id, self.now())
+        except BaseException:
+            if dropped is not None:
+                self.writer.restore_lease(self.task_id, client_id, dropped)
+            raise
         c.lease_until = 0.0
         for sub in list(self._subs.get(client_id, ())):
             sub.push(StreamClosed("left"))
@@ -305,18 +314,19 @@ class TaskEngine:
     def heartbeat(self, client_id: str, digest_round: int, digest: str) -> tuple[int, bool, str]:
         """Renew the lease; record a digest report. Returns (head, digest_ok, expected digest)."""
         c = self._client(client_id)
+        report = bool(digest or digest_round)
+        if report:
+            errors.check_field(DIGEST, digest)
+            if not 1 <= digest_round <= self.head_round:
+                raise errors.digest_round(digest_round, self.head_round)
         now = self.now()
         was_online = c.online(now)
         c.lease_until = now + self.config.lease_seconds
         self.writer.renew_lease(self.task_id, client_id, c.lease_until, now)
         if not was_online:
             self._wake.set()
-        if not digest and not digest_round:
+        if not report:
             return self.head_round, True, ""
-        if not _HEX64.match(digest):
-            raise errors.invalid("digest", "digest must be 64 lowercase hex digits")
-        if not 1 <= digest_round <= self.head_round:
-            raise errors.digest_round(digest_round, self.head_round)
         reports = self._digests.setdefault(digest_round, {})
         while len(self._digests) > self.config.digest_rounds_kept:
             del self._digests[min(self._digests)]
@@ -326,9 +336,11 @@ class TaskEngine:
         return self.head_round, digest == majority, majority
 
     # -- Sync -----------------------------------------------------------------
-    def subscribe(self, client_id: str) -> SyncStart:
+    def subscribe(self, client_id: str, from_round: int) -> SyncStart:
         """Register a stream; everything after this instant arrives on its queue."""
         c = self._client(client_id)
+        if from_round > self.head_round + 1:
+            raise errors.from_round(from_round, self.head_round)
         sub = Subscription(client_id, self.config.subscriber_queue)
         self._subs.setdefault(client_id, set()).add(sub)
         was_online = c.online(self.now())
@@ -366,7 +378,7 @@ class TaskEngine:
         return recs
 
     # -- Submit ---------------------------------------------------------------
-    async def submit(self, client_id: str, round_no: int, slot: int, scalars: bytes, loss: float) -> tuple[int, int]:
+    async def submit(self, client_id: str, round_no: int, slot: int, scalars: bytes, loss: float) -> SubmitAnswer:
         c = self._client(client_id)
         o = self.open
         if o is None:
@@ -388,14 +400,13 @@ class TaskEngine:
         if len(scalars) != want:
             raise errors.scalar_count(len(scalars), want)
         if 0x80 in scalars:
-            raise errors.invalid("scalar-value", "byte -128 is not a valid scalar (the range is -127..127)")
+            raise errors.scalar_value()
         have = o.submissions.get(client_id)
         if have is not None:
             if have.scalars == scalars:
-                return len(o.submissions), len(plan.slots)
+                return SubmitAnswer(len(o.submissions), len(plan.slots), identical=True)
             raise errors.duplicate(round_no, slot)
         now = self.now()
-        c.lease_until = max(c.lease_until, now + self.config.lease_seconds)  # a submission proves liveness
         loss_value = float(loss) if math.isfinite(loss) else None
         outcome = await self.writer.submit(
             PendingSubmission(self.task_id, round_no, plan.attempt, client_id, slot, scalars, loss_value, now)
@@ -404,13 +415,15 @@ class TaskEngine:
             raise errors.late(round_no)
         if outcome is SubmitOutcome.DUPLICATE:
             raise errors.duplicate(round_no, slot)
+        c.lease_until = max(c.lease_until, now + self.config.lease_seconds)  # a submission proves liveness
+        identical = outcome is SubmitOutcome.IDENTICAL
         o2 = self.open
         if o2 is not None and o2.plan.round == round_no and o2.plan.attempt == plan.attempt:
             o2.submissions.setdefault(client_id, Submission(client_id, slot, scalars, loss_value, now))
             o2.waiting.discard(client_id)
             self._wake.set()
-            return len(o2.submissions), len(plan.slots)
-        return len(o.submissions), len(plan.slots)
+            return SubmitAnswer(len(o2.submissions), len(plan.slots), identical)
+        return SubmitAnswer(len(o.submissions), len(plan.slots), identical)
 
     # -- status ---------------------------------------------------------------
     def status(self) -> StatusSnapshot:
@@ -425,16 +438,12 @@ class TaskEngine:
             self.head_round,
             self.head_hash,
             o.plan.round if o else 0,
-            o.plan.attempt if o else 0,
             len(self.online_clients()),
-            len(self.clients),
             len(o.submissions) if o else 0,
-            len(o.plan.slots) if o else 0,
             digest_round,
             digest,
             self._ledger_bytes,
             self._last_loss,
-            self.finished,
         )
 
     # -- the driver -----------------------------------------------------------

@@ -1,6 +1,7 @@
 """The storage interface of the coordinator: one interface, two implementations
-(``MemoryStore`` for tests and throwaway runs, ``SqlStore`` for SQLite and
-PostgreSQL), one contract test suite (tests/server/test_store_contract.py).
+(``MemoryStore`` for throwaway runs, ``--db memory://``; ``SqlStore`` for
+SQLite and PostgreSQL), one contract test suite
+(tests/server/test_store_contract.py). ``db.open_store`` picks one by URL.
 
 Every method is one transaction. Round transitions (open, commit, abandon)
 check the state they expect inside that transaction and raise StoreConflict
@@ -243,19 +244,3 @@ def canonical_spec(spec: TaskSpec) -> TaskSpec:
     code may hold 60 where the genesis holds 60.0; storing the round-tripped
     form keeps one genesis hash for the task everywhere."""
     return TaskSpec.from_canonical(spec.canonical_bytes())
-
-
-def plan_from_parts(
-    task_id: str,
-    round_no: int,
-    attempt: int,
-    opened_at: float,
-    deadline: float,
-    lr: float,
-    group_size: int,
-    group_seeds: Sequence[Sequence[int]],
-    slots: Sequence[str],
-) -> RoundPlan:
-    return RoundPlan(
-        task_id, round_no, attempt, opened_at, deadline, lr, group_size, tuple(tuple(g) for g in group_seeds), tuple(slots)
-    )

@@ -18,12 +18,14 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
-from seedfed.server.limits import TOKEN_NAME_RE
 from seedfed.server.models import TokenRow
+from seedfed.shared.wire import CLIENT_NAME
 
 TOKEN_PREFIX = "sfk_"
 TOKEN_BYTES = 32  # 256 bits
 MAX_TOKEN_CHARS = 128  # anything longer in a header is not one of ours
+# A client joins under its token's name, so that is a client name, within the tokens.name column.
+MAX_TOKEN_NAME = TokenRow.__table__.c.name.type.length
 
 
 class TokenError(ValueError):
@@ -39,8 +41,8 @@ def token_hash(token: str) -> bytes:
 
 
 def check_token_name(name: str) -> str:
-    if not TOKEN_NAME_RE.fullmatch(name):
-        raise TokenError(f"token name {name!r} must be 1-64 of [A-Za-z0-9_.:@-], starting with a letter or digit")
+    if not (CLIENT_NAME.check(name) and len(name) <= MAX_TOKEN_NAME):
+        raise TokenError(f"token name {name!r} must be a client name ({CLIENT_NAME.rule}) of at most {MAX_TOKEN_NAME} characters")
     return name
 
 

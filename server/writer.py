@@ -34,7 +34,6 @@ class StoreWriter:
         self._lazy = WriteBatch()
         self._flusher: asyncio.Task[None] | None = None
         self._lazy_timer: asyncio.TimerHandle | None = None
-        self.batches_written = 0
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """Run one write (or a read that must see every earlier write) on the writer thread."""
@@ -57,9 +56,15 @@ class StoreWriter:
         self._lazy.leases[(task_id, client_id)] = (lease_until, now)
         self._schedule_lazy()
 
-    def forget_lease(self, task_id: str, client_id: str) -> None:
-        """A client left: a renewal still queued must not bring its lease back."""
-        self._lazy.leases.pop((task_id, client_id), None)
+    def forget_lease(self, task_id: str, client_id: str) -> tuple[float, float] | None:
+        """A client leaves: a renewal still queued must not bring its lease back.
+        Returns the renewal dropped, for ``restore_lease`` if the leave fails."""
+        return self._lazy.leases.pop((task_id, client_id), None)
+
+    def restore_lease(self, task_id: str, client_id: str, renewal: tuple[float, float]) -> None:
+        """Queue again a renewal that ``forget_lease`` dropped, unless a newer one is queued."""
+        self._lazy.leases.setdefault((task_id, client_id), renewal)
+        self._schedule_lazy()
 
     def report_digest(self, report: DigestReport) -> None:
         self._lazy.digests.append(report)
@@ -96,7 +101,6 @@ class StoreWriter:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
-            self.batches_written += 1
             for (_, fut), outcome in zip(taken, outcomes):
                 if not fut.done():
                     fut.set_result(outcome)

@@ -17,7 +17,7 @@ from loadclient import BASE_DIGEST  # noqa: F401 - re-exported to the security t
 
 from seedfed.server.app import start_coordinator
 from seedfed.server.hardening import Hardening
-from seedfed.server.rounds import EngineConfig
+from seedfed.server.rounds import RoundsConfig
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
 
 # -- certificates --------------------------------------------------------------------
@@ -150,8 +150,8 @@ class Live:
     running: object  # app.RunningCoordinator
 
     @property
-    def engine(self):  # noqa: ANN201 - the only task's engine
-        return next(iter(self.running.coordinator.engines.values()))
+    def rounds(self):  # noqa: ANN201 - the rounds of the only task
+        return next(iter(self.running.coordinator.rounds.values()))
 
 
 @asynccontextmanager
@@ -182,7 +182,7 @@ async def hardened(
         db_url,
         "127.0.0.1:0",
         tasks=specs,
-        config=EngineConfig(lease_seconds=lease_seconds, tick_seconds=tick),
+        config=RoundsConfig(lease_seconds=lease_seconds, tick_seconds=tick),
         observer=h.observer,
         interceptors=h.interceptors,
         credentials=h.credentials,

@@ -28,7 +28,7 @@ from sec_helpers import BASE_DIGEST, make_spec
 
 from seedfed.server.app import start_coordinator
 from seedfed.server.memory_store import MemoryStore
-from seedfed.server.rounds import EngineConfig
+from seedfed.server.rounds import RoundsConfig
 from seedfed.shared.assignment import uniform_seeds
 from seedfed.shared.steps import fold
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
@@ -83,7 +83,7 @@ async def federation(rule: str, n_byzantine: int) -> dict[int, int]:
         max_rounds=ROUNDS,
     )
     running = await start_coordinator(
-        "", "127.0.0.1:0", tasks=[spec], store=MemoryStore(), config=EngineConfig(lease_seconds=30.0, tick_seconds=0.05)
+        "", "127.0.0.1:0", tasks=[spec], store=MemoryStore(), config=RoundsConfig(lease_seconds=30.0, tick_seconds=0.05)
     )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     try:

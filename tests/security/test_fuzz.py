@@ -209,8 +209,8 @@ def test_still_serving_afterwards(target: Target) -> None:
     assert target.tc.alive()
     health = health_pb2_grpc.HealthStub(target.channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
-    engine = target.tc.live.engine
-    assert engine._driver is not None and not engine._driver.done()
+    rounds = target.tc.live.rounds
+    assert rounds._driver is not None and not rounds._driver.done()
     # The anchor can still do its work: its assignment is accepted or was already done.
     status = target.stub.Status(pb.StatusRequest(task_id="fz"), metadata=target.md, timeout=5)
     assert status.task_id == "fz"

@@ -7,30 +7,31 @@ import pytest
 from helpers import run
 from sec_helpers import BASE_DIGEST, aio_channel, hardened, make_spec, stub
 
-from seedfed.server.errors import Refusal
-from seedfed.server.limits import PeerLimiter, TokenBucket, check_client_id, check_name, check_task_id, peer_host
-from seedfed.shared.wire import reason_of
+from seedfed.server.errors import Refusal, check_field
+from seedfed.server.limits import PeerLimiter, TokenBucket, peer_host
+from seedfed.shared.wire import CLIENT_ID, CLIENT_NAME, TASK_ID, reason_of
 from seedfed.v1 import coordinator_pb2 as pb
 
 
 @pytest.mark.parametrize("value", ["", "-a", "a b", "a/b", "x" * 65, "é", "a\x00", "a\n"])
 def test_task_ids_are_bounded(value) -> None:  # noqa: ANN001
     with pytest.raises(Refusal) as r:
-        check_task_id(value)
-    assert r.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        check_field(TASK_ID, value)
+    assert (r.value.code, r.value.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "bad-task-id")
 
 
 @pytest.mark.parametrize("value", ["", " x", "x" * 129, "a\tb", "\u202eevil", "a;drop"])
 def test_names_are_bounded(value) -> None:  # noqa: ANN001
-    with pytest.raises(Refusal):
-        check_name(value)
+    with pytest.raises(Refusal) as r:
+        check_field(CLIENT_NAME, value)
+    assert r.value.reason == "bad-name"
 
 
 def test_good_values_pass() -> None:
-    check_task_id("sst2.run-1")
-    check_name("client-1")
-    check_name("pixel7@home:2")
-    check_client_id("3f9a0c_d1-e2")
+    check_field(TASK_ID, "sst2.run-1")
+    check_field(CLIENT_NAME, "client-1")
+    check_field(CLIENT_NAME, "pixel7@home:2")
+    check_field(CLIENT_ID, "3f9a0c_d1-e2")
 
 
 def test_token_bucket_refills() -> None:

@@ -136,7 +136,7 @@ def test_new_token_works_at_once_and_revocation_ends_open_streams(db_url) -> Non
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await s.Status(pb.StatusRequest(task_id="sec"), timeout=5)
                 assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            assert live.engine.streams_open() == 0
+            assert live.rounds.streams_open() == 0
 
     run(main())
 

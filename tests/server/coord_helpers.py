@@ -11,7 +11,7 @@ from helpers import run  # noqa: F401 - re-exported to the coordinator tests
 from loadclient import BASE_DIGEST, ScriptedClient, make_spec  # noqa: F401 - re-exported to the coordinator tests
 
 from seedfed.server.app import RunningCoordinator, start_coordinator
-from seedfed.server.rounds import EngineConfig
+from seedfed.server.rounds import RoundsConfig
 from seedfed.shared.taskspec import TaskSpec
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -19,7 +19,7 @@ from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
 @asynccontextmanager
 async def coordinator(store, specs: list[TaskSpec], lease_seconds: float = 5.0, tick: float = 0.05):  # noqa: ANN001
     running: RunningCoordinator = await start_coordinator(
-        "", "127.0.0.1:0", tasks=specs, config=EngineConfig(lease_seconds=lease_seconds, tick_seconds=tick), store=store
+        "", "127.0.0.1:0", tasks=specs, config=RoundsConfig(lease_seconds=lease_seconds, tick_seconds=tick), store=store
     )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     try:

@@ -113,7 +113,7 @@ def test_root_cli_routes_to_the_coordinator_commands() -> None:
 
 
 def test_ledger_dump_and_import_round_trip(tmp_path: Path) -> None:
-    from seedfed.server.app import open_sql_store
+    from seedfed.server.db import open_store
     from seedfed.server.ledger_cli import ledger
     from seedfed.shared.ledger import make_record
 
@@ -123,7 +123,7 @@ def test_ledger_dump_and_import_round_trip(tmp_path: Path) -> None:
         history.append(make_record(prev, r, {r: 7, 9: -r}))
         prev = history[-1].hash
     src, dst = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
-    store, lock = open_sql_store(src)
+    store, lock = open_store(src, lock=True)
     store.import_rounds(spec, history)
     store.close()
     lock.release()
