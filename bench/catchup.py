@@ -17,6 +17,7 @@ loads the same model and runs the same forward pass. Target: at most 2.5x.
     python bench/catchup.py                    # both parts
     python bench/catchup.py --skip-memory      # catch-up only
     python bench/catchup.py --rounds 10,100    # fewer points
+    python bench/catchup.py --smoke            # seconds: 2 and 4 rounds, a tiny GPT-2 for memory
 """
 
 from __future__ import annotations
@@ -32,30 +33,25 @@ import time
 from pathlib import Path
 
 WORDS = ["the", "a", "film", "was", "good", "bad", "what", "is", "answer", "###", "instruction", "response", ":"]
-
-
-def tokenizer_for(vocab_size: int):
-    """A word-level tokenizer padded to the model's vocabulary (no model hub here)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[EOS]"]
-    vocab = {w: i for i, w in enumerate(specials + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    assert len(vocab) <= vocab_size
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
+# GPT2Config's defaults: GPT-2 small, 124M parameters
+GPT2_SMALL = {"vocab_size": 50257, "hidden": 768, "layers": 12, "heads": 12, "positions": 1024}
+MEMORY_MODELS = {"gpt2-small": GPT2_SMALL, "tiny": {"vocab_size": 1000, "hidden": 64, "layers": 2, "heads": 2, "positions": 128}}
+# a run of seconds
+SMOKE = {"rounds": "2,4", "n_embd": 32, "n_layer": 1, "memory_model": "tiny"}
 
 
 def make_model_dir(path: Path, **config) -> Path:
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """A GPT-2 (random init) whose word-level tokenizer knows WORDS, padded to the model's vocabulary."""
+    from seedfed.client.simulate.tinymodel import save_tiny_model
 
-    torch.manual_seed(0)
-    cfg = GPT2Config(bos_token_id=2, eos_token_id=2, pad_token_id=0, **config)  # the word-level tokenizer's [EOS] and [PAD]
-    GPT2LMHeadModel(cfg).save_pretrained(path)
-    tokenizer_for(cfg.vocab_size).save_pretrained(path)
-    return path
+    return save_tiny_model(path, "gpt2", WORDS, **config)
+
+
+def task_for(model_dir: Path, **fields):
+    from seedfed.client.genesis import genesis_for_model
+    from seedfed.shared.taskspec import Objective
+
+    return genesis_for_model(str(model_dir), "bench", Objective(kind="causal_lm", max_length=128), task_seed=1, **fields)
 
 
 def write_dolly(path: Path, n: int = 32) -> Path:
@@ -65,15 +61,6 @@ def write_dolly(path: Path, n: int = 32) -> Path:
             words = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
             fh.write(json.dumps({"instruction": words(20), "context": words(40), "response": words(60)}) + "\n")
     return path
-
-
-def make_spec(model_dir: Path, pool_size: int = 64, **fields):
-    from seedfed.client.genesis import genesis_for_model
-    from seedfed.shared.taskspec import Objective
-
-    return genesis_for_model(
-        str(model_dir), "bench", Objective(kind="causal_lm", max_length=128), task_seed=1, pool_size=pool_size, **fields
-    )
 
 
 def synthetic_history(spec, rounds: int, seeds_per_round: int, seed: int = 0):
@@ -98,10 +85,8 @@ def bench_catchup(rounds_list: list[int], seeds_per_round: int, workdir: Path, n
     from seedfed.client.model import load_base
     from seedfed.client.replica import Replica
 
-    model_dir = make_model_dir(
-        workdir / "catchup-model", vocab_size=4096, n_positions=128, n_embd=n_embd, n_layer=n_layer, n_head=4
-    )
-    spec = make_spec(model_dir)
+    model_dir = make_model_dir(workdir / "catchup-model", vocab_size=4096, positions=128, hidden=n_embd, layers=n_layer, heads=4)
+    spec = task_for(model_dir, pool_size=64)
     module = load_base(str(model_dir), "causal_lm").module
     history = synthetic_history(spec, max(rounds_list), seeds_per_round)
     params = sum(p.numel() for p in module.parameters())
@@ -135,8 +120,10 @@ def bench_catchup(rounds_list: list[int], seeds_per_round: int, workdir: Path, n
         )
     flat = rows[-1]["folded_s"] / rows[0]["folded_s"]
     verdict = "PASS" if flat <= 2.0 else "FAIL"
-    print(f"folded catch-up, {rows[-1]['missed']} vs {rows[0]['missed']} missed rounds: {flat:.2f}x (target <= 2x: {verdict})")
-    print(f"sequential / folded at {rows[-1]['missed']} missed rounds: {rows[-1]['speedup']:.1f}x")
+    print(
+        f"ratio folded catch-up, {rows[-1]['missed']} / {rows[0]['missed']} missed rounds: {flat:.2f}x (target <= 2x: {verdict})"
+    )
+    print(f"ratio sequential / folded at {rows[-1]['missed']} missed rounds: {rows[-1]['speedup']:.1f}x")
     return rows
 
 
@@ -153,7 +140,8 @@ base = load_base(sys.argv[2], "causal_lm")
 objective = build_objective(spec.objective, base.module, base.tokenizer, "cpu")
 batch = read_instructions(sys.argv[3])[: spec.batch_size]
 loss = objective.loss(batch)
-print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "loss": loss}))
+params = sum(p.numel() for p in base.module.parameters())
+print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "loss": loss, "params": params}))
 """
 
 _CLIENT = r"""
@@ -191,9 +179,10 @@ def _run(code: str, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_memory(workdir: Path) -> dict:
-    model_dir = make_model_dir(workdir / "gpt2-124m")  # GPT2Config defaults: 124M parameters
-    spec = make_spec(model_dir, batch_size=4, local_steps=2)
+def bench_memory(workdir: Path, model: str) -> dict:
+    config = MEMORY_MODELS[model]
+    model_dir = make_model_dir(workdir / f"gpt2-{model}", **config)
+    spec = task_for(model_dir, pool_size=64, batch_size=4, local_steps=2)
     task = workdir / "task.toml"
     task.write_text(spec.to_toml())
     data = write_dolly(workdir / "dolly.jsonl")
@@ -202,11 +191,12 @@ def bench_memory(workdir: Path) -> dict:
     client = _run(_CLIENT, str(task), str(model_dir), str(data), here)
     ratio = client["maxrss_kb"] / inference["maxrss_kb"]
     verdict = "PASS" if ratio <= 2.5 else "FAIL"
-    print("memory: GPT-2 124M (GPT2Config defaults), batch of 4 x <=128 tokens, CPU")
+    params = inference["params"] / 1e6
+    print(f"memory: GPT-2 {model} ({params:.1f}M parameters, random init), batch of 4 x <=128 tokens, CPU")
     print(f"  plain inference (load + forward):     peak RSS {inference['maxrss_kb'] / 1024:8.0f} MiB")
     print(f"  client (load, verify, probe 2 seeds,   peak RSS {client['maxrss_kb'] / 1024:8.0f} MiB")
     print("          catch up 2 rounds, checkpoint)")
-    print(f"  client / inference: {ratio:.2f}x (target <= 2.5x: {verdict})")
+    print(f"ratio client / inference peak memory: {ratio:.2f}x (target <= 2.5x: {verdict})")
     return {"inference_kb": inference["maxrss_kb"], "client_kb": client["maxrss_kb"], "ratio": ratio}
 
 
@@ -220,7 +210,11 @@ def main() -> None:
     ap.add_argument("--n-layer", type=int, default=2, help="depth of the catch-up model")
     ap.add_argument("--skip-catchup", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--memory-model", choices=sorted(MEMORY_MODELS), default="gpt2-small", help="model of the memory part")
+    ap.add_argument("--smoke", action="store_true", help="a run of seconds at a tiny size (the test suite runs it)")
     args = ap.parse_args()
+    if args.smoke:
+        vars(args).update(SMOKE)
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -231,7 +225,7 @@ def main() -> None:
         if not args.skip_catchup:
             bench_catchup([int(x) for x in args.rounds.split(",")], args.seeds_per_round, Path(tmp), args.n_embd, args.n_layer)
         if not args.skip_memory:
-            bench_memory(Path(tmp))
+            bench_memory(Path(tmp), args.memory_model)
 
 
 if __name__ == "__main__":
