@@ -13,6 +13,10 @@ Writes a Markdown table, a JSON record and a PNG of dev accuracy against
 steps to --out. Needs the bench extras: pip install -e '.[bench]'.
 
     python bench/quality_sst2.py --data ../shared/data/sst2 --steps 2000
+    python bench/quality_sst2.py --smoke     # seconds: generated data, a tiny BERT, report in a temporary folder
+
+SST-2 is read from --data (default: $SEEDFED_SST2, else ../shared/data/sst2
+beside the repository), as train.tsv and dev.tsv (sentence<TAB>label).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import os
 import random
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +45,20 @@ from seedfed.shared.taskspec import Objective, TaskSpec
 
 LABELS = ("negative", "positive")
 TEMPLATE = "a {label} review"
+# a run of seconds on generated data and a tiny BERT (no SST-2, no pretrained model)
+SMOKE = {"steps": 4, "batch": 4, "eval_every": 2, "clients": 2, "pool": 64, "max_length": 32, "threads": 1}
+
+
+def smoke_inputs(root: Path) -> tuple[Path, Path]:
+    """A small labelled train/dev pair in the SST-2 layout and a tiny BERT over its words: (data dir, model dir)."""
+    from seedfed.client.simulate.sample_data import make_examples, write_tsv
+    from seedfed.client.simulate.tinymodel import build_tiny_encoder
+
+    rows = make_examples(240, seed=3)
+    write_tsv(root / "data" / "train.tsv", rows[:200])
+    write_tsv(root / "data" / "dev.tsv", rows[200:])
+    texts = [t for t, _ in rows] + [TEMPLATE.format(label=lab) for lab in LABELS]
+    return root / "data", build_tiny_encoder(root / "model", texts, hidden=32)
 
 
 def minilm_dir() -> Path:
@@ -261,12 +280,27 @@ def write_report(rows: list[Row], args, out: Path) -> None:
     except ImportError:
         print("matplotlib missing: no plot written", file=sys.stderr)
     print("\n" + table)
+    print_ratio(rows)
+
+
+def print_ratio(rows: list[Row]) -> None:
+    """The federated row's final accuracy against the centralised MeZO baseline's (the first MeZO row)."""
+    fed = [r for r in rows if r.name.startswith("seedfed, ") and not r.name.startswith("seedfed, 1 ")]
+    mezo = [r for r in rows if r.name.startswith("mezo")]
+    if fed and mezo:
+        ratio = fed[0].final_accuracy / mezo[0].final_accuracy if mezo[0].final_accuracy else float("inf")
+        print(f"ratio {fed[0].name} / mezo, final dev accuracy: {ratio:.3f}")
 
 
 def main() -> None:
     repo = Path(__file__).resolve().parent.parent
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("SEEDFED_SST2", repo.parent / "shared" / "data" / "sst2")))
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("SEEDFED_SST2", repo.parent / "shared" / "data" / "sst2")),
+        help="folder with SST-2's train.tsv and dev.tsv (default: $SEEDFED_SST2, else ../shared/data/sst2 beside the repository)",
+    )
     ap.add_argument("--out", type=Path, default=repo / "docs" / "bench")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=16)
@@ -285,7 +319,16 @@ def main() -> None:
     ap.add_argument("--rows", default="zero-shot,mezo,seedfed-1,seedfed-n,first-order")
     ap.add_argument("--part", default="", help="run only --rows and save them as OUT/part-NAME.json, for a later --merge")
     ap.add_argument("--merge", action="store_true", help="write the report from every OUT/part-*.json")
+    ap.add_argument(
+        "--smoke", action="store_true", help="a run of seconds on generated data and a tiny BERT (the test suite runs it)"
+    )
     args = ap.parse_args()
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as tmp:
+            args.data, model_dir = smoke_inputs(Path(tmp))
+            vars(args).update(SMOKE, out=Path(tmp) / "report")
+            run(args, model_dir)
+        return
     if args.merge:
         rows = []
         for part in sorted(args.out.glob("part-*.json")):
@@ -294,17 +337,20 @@ def main() -> None:
         rows.sort(key=lambda r: next(i for i, o in enumerate(order) if r.name.startswith(o)))
         write_report(rows, args, args.out)
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
     for name in ("train.tsv", "dev.tsv"):
         if not (args.data / name).is_file():
             sys.exit(f"SST-2 file {args.data / name} not found: pass --data DIR (or set SEEDFED_SST2)")
+    run(args, minilm_dir())
+
+
+def run(args, model_dir: Path) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     train = read_classification(args.data / "train.tsv", LABELS)
     dev = read_classification(args.data / "dev.tsv", LABELS)
     if args.dev_limit:
         dev = dev[: args.dev_limit]
     spec_obj = objective_spec(args.max_length)
-    model_dir = minilm_dir()
     wanted = args.rows.split(",")
     rows: list[Row] = []
     print(f"SST-2: {len(train)} train, {len(dev)} dev; model {model_dir}")
