@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from helpers import tiny_bert, tiny_gpt2
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from helpers import tiny_bert, tiny_gpt2  # noqa: E402
-
-from seedfed.client.engine import philox  # noqa: E402
+from seedfed.client.engine import philox
 
 
 @pytest.fixture
