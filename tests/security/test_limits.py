@@ -8,8 +8,9 @@ from helpers import run
 from sec_helpers import BASE_DIGEST, aio_channel, hardened, make_spec, stub
 
 from seedfed.server.errors import Refusal, check_field
-from seedfed.server.limits import PeerLimiter, TokenBucket, peer_host
-from seedfed.shared.wire import CLIENT_ID, CLIENT_NAME, TASK_ID, reason_of
+from seedfed.server.limits import TRANSPORT_METADATA_BYTES, TRANSPORT_REQUEST_BYTES, PeerLimiter, TokenBucket, peer_host
+from seedfed.server.tokens import open_token_store
+from seedfed.shared.wire import CLIENT_ID, CLIENT_NAME, MAX_METADATA_BYTES, MAX_REQUEST_BYTES, TASK_ID, reason_of
 from seedfed.v1 import coordinator_pb2 as pb
 
 
@@ -101,15 +102,67 @@ def test_malformed_fields_are_refused_before_the_engine(db_url) -> None:  # noqa
     run(main())
 
 
-def test_oversized_messages_are_refused(db_url) -> None:  # noqa: ANN001
+def _submit_of_size(size: int) -> pb.SubmitRequest:
+    """A Submit of exactly ``size`` bytes on the wire."""
+    n = size
+    while (request := pb.SubmitRequest(task_id="sec", client_id="abc", round=1, scalars=b"\x01" * n)).ByteSize() > size:
+        n -= 1
+    assert request.ByteSize() == size
+    return request
+
+
+def test_oversize_requests_and_metadata_are_refused_with_a_reason(db_url) -> None:  # noqa: ANN001
+    """Above the limits and below gRPC's transport caps: RESOURCE_EXHAUSTED with a
+    reason. Beyond the caps gRPC refuses by itself, without one (docs/security.md)."""
+    token = open_token_store(db_url).create("big")
+
     async def main() -> None:
-        async with hardened(db_url, [make_spec()], auth=False) as live:
-            async with aio_channel(live.port, options=[("grpc.max_send_message_length", 8 * 1024 * 1024)]) as ch:
-                big = pb.SubmitRequest(task_id="sec", client_id="abc", round=1, scalars=b"\x01" * (1024 * 1024))
+        async with hardened(db_url, [make_spec()]) as live:
+            options = [("grpc.max_send_message_length", 8 * 1024 * 1024)]
+            async with aio_channel(live.port, token=token, options=options) as ch:
+                s = stub(ch)
+
+                async def outcome(call) -> tuple[str, str]:  # noqa: ANN001
+                    try:
+                        await call
+                    except grpc.aio.AioRpcError as exc:
+                        return exc.code().name, reason_of(exc)
+                    return "OK", ""
+
+                # At the limit the request is read (and refused for what it says); one byte more is too large.
+                assert await outcome(s.Submit(_submit_of_size(MAX_REQUEST_BYTES), timeout=5)) == (
+                    "FAILED_PRECONDITION",
+                    "unknown-client",
+                )
+                assert await outcome(s.Submit(_submit_of_size(MAX_REQUEST_BYTES + 1), timeout=5)) == (
+                    "RESOURCE_EXHAUSTED",
+                    "too-large",
+                )
+                assert await outcome(s.Submit(_submit_of_size(TRANSPORT_REQUEST_BYTES), timeout=5)) == (
+                    "RESOURCE_EXHAUSTED",
+                    "too-large",
+                )
+                assert await outcome(s.Submit(_submit_of_size(TRANSPORT_REQUEST_BYTES + 1), timeout=5)) == (
+                    "RESOURCE_EXHAUSTED",
+                    "",
+                )
+
+                status = pb.StatusRequest(task_id="sec")
+                pad = "x-pad"  # metadata counts name + value + 32 per entry; the token's entry is counted too
+                assert await outcome(s.Status(status, metadata=((pad, "a" * 1000),), timeout=5)) == ("OK", "")
+                for size in (MAX_METADATA_BYTES + 1, TRANSPORT_METADATA_BYTES - 1000):
+                    got = await outcome(s.Status(status, metadata=((pad, "a" * size),), timeout=5))
+                    assert got == ("RESOURCE_EXHAUSTED", "metadata-too-large"), size
+                got = await outcome(s.Status(status, metadata=((pad, "a" * (TRANSPORT_METADATA_BYTES + 1)),), timeout=5))
+                assert got == ("RESOURCE_EXHAUSTED", "")
+                # Streams too.
                 with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await stub(ch).Submit(big, timeout=5)
-                assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    async for _ in s.Sync(
+                        pb.SyncRequest(task_id="sec", client_id="abc"), metadata=((pad, "a" * 20_000),), timeout=5
+                    ):
+                        pass
+                assert (err.value.code(), reason_of(err.value)) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "metadata-too-large")
                 # The server is fine afterwards.
-                assert (await stub(ch).Status(pb.StatusRequest(task_id="sec"), timeout=5)).task_id == "sec"
+                assert (await s.Status(status, timeout=5)).task_id == "sec"
 
     run(main())
