@@ -10,8 +10,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import text
 
-from seedfed.server.db import make_engine, upgrade_to_head
-from seedfed.server.memory_store import MemoryStore
+from seedfed.server.db import MEMORY_URL, make_engine, open_store, upgrade_to_head
 from seedfed.server.sql_store import SqlStore
 from seedfed.server.store import LedgerStore
 
@@ -43,8 +42,9 @@ def _sql_store(url: str, schema: str | None = None) -> SqlStore:
 
 
 def _open_store(backend: str, request: pytest.FixtureRequest, tmp_path) -> LedgerStore:  # noqa: ANN001
-    if backend == "memory":
-        return MemoryStore()
+    if backend == "memory":  # as the coordinator opens --db memory://
+        store, _ = open_store(MEMORY_URL, lock=True)
+        return store
     if backend == "sqlite":
         return _sql_store(f"sqlite:///{tmp_path / 'store.db'}")
     url, schema = request.getfixturevalue("pg_schema")

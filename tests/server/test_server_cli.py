@@ -134,3 +134,71 @@ def test_ledger_dump_and_import_round_trip(tmp_path: Path) -> None:
     assert r.exit_code == 0 and "3 rounds imported" in r.output, r.output
     r = CliRunner().invoke(ledger, ["verify", "--db", dst])
     assert r.exit_code == 0 and history[-1].hash.hex() in r.output, r.output
+
+
+def _serve(*args: str) -> tuple[subprocess.Popen, str, str]:
+    """A coordinator process: (process, its address, the line it printed when ready)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seedfed.server", "--listen", "127.0.0.1:0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise AssertionError(line + proc.communicate()[1])
+    return proc, line.split("listening on ")[1].split()[0], line
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    return err
+
+
+def test_a_memory_coordinator_is_a_throwaway_run(tmp_path: Path) -> None:
+    import grpc
+
+    from seedfed.shared.wire import reason_of
+    from seedfed.v1 import coordinator_pb2 as pb
+    from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
+
+    spec = make_spec()
+    f = write_task(tmp_path / "task.toml", spec)
+    client_id = ""
+    for run_no in (1, 2):
+        proc, address, ready = _serve("--task", f, "--db", "memory://", *PLAIN)
+        assert "(memory)" in ready
+        try:
+            with grpc.insecure_channel(address) as channel:
+                s = pb_grpc.CoordinatorStub(channel)
+                if run_no == 1:
+                    joined = s.Join(pb.JoinRequest(task_id=spec.task_id, name="dev", base_digest=spec.base_digest), timeout=5)
+                    client_id = joined.client_id
+                    assert s.Status(pb.StatusRequest(task_id=spec.task_id), timeout=5).clients_online == 1
+                else:  # nothing survived the restart: the task is there again (--task), its client is not
+                    assert s.Status(pb.StatusRequest(task_id=spec.task_id), timeout=5).clients_online == 0
+                    try:
+                        s.Heartbeat(pb.HeartbeatRequest(task_id=spec.task_id, client_id=client_id), timeout=5)
+                        raise AssertionError("the client outlived its memory coordinator")
+                    except grpc.RpcError as exc:
+                        assert reason_of(exc) == "unknown-client"
+        finally:
+            err = _stop(proc)
+        assert "nothing survives a restart" in err
+    assert not list(tmp_path.glob("*.db*"))
+
+
+def test_memory_is_refused_where_it_would_lose_what_is_asked(tmp_path: Path) -> None:
+    f = write_task(tmp_path / "task.toml", make_spec())
+    r = CliRunner().invoke(coordinator, ["--db", "memory://", "--task", f, "--listen", "127.0.0.1:0", "--insecure"])
+    assert r.exit_code == 1 and "--no-auth" in r.output, r.output
+    for args in (["create", "--db", "memory://", f], ["list", "--db", "memory://"], ["show", "--db", "memory://", "t1"]):
+        r = CliRunner().invoke(task, args)
+        assert r.exit_code == 1 and "memory://" in r.output and "running coordinator" in r.output, (args, r.output)
