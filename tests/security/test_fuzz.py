@@ -5,6 +5,10 @@ For every input: the coordinator answers with a clear status (never UNKNOWN
 or INTERNAL: those are what an unhandled exception looks like), and when it
 refuses the input, the ledger head hash is exactly what it was before.
 Afterwards the coordinator is alive, healthy and still serving.
+
+"Before" is taken once the coordinator has settled: a submission that was
+accepted (the anchor's, for the open round) commits its round after the
+answer, so a head read at once could move during the next, refused, call.
 """
 
 from __future__ import annotations
@@ -55,6 +59,17 @@ class Target:
 
     def head(self) -> bytes:
         return self.stub.Status(pb.StatusRequest(task_id="fz"), metadata=self.md, timeout=5).head_hash
+
+    def settled_head(self) -> bytes:
+        """The head once no commit is due: the open round (there always is one:
+        the anchor stays online) holds no submission yet."""
+        deadline = time.monotonic() + 10
+        while True:
+            s = self.stub.Status(pb.StatusRequest(task_id="fz"), metadata=self.md, timeout=5)
+            if s.open_round == s.head_round + 1 and s.submissions_in_open_round == 0:
+                return s.head_hash
+            assert time.monotonic() < deadline, f"the coordinator did not settle: {s}"
+            time.sleep(0.01)
 
     def metadata(self, auth: str | None) -> tuple[tuple[str, str], ...]:
         if auth is None:
@@ -170,7 +185,7 @@ def _check(target: Target, before: bytes, outcome: tuple[grpc.StatusCode, str, s
 def test_random_messages(target: Target, req, auth_value) -> None:  # noqa: ANN001
     method, request = req
     request = _fill(request, target.anchor)
-    before = target.head()
+    before = target.settled_head()
     outcome = _call(target, method, request, target.metadata(auth_value))
     _check(target, before, outcome, f"{method}({request!s:.200}) auth={auth_value!r:.40}")
     if auth_value != f"Bearer {TOKEN}":
@@ -187,7 +202,7 @@ def test_random_messages(target: Target, req, auth_value) -> None:  # noqa: ANN0
     with_token=st.booleans(),
 )
 def test_raw_bytes(target: Target, path: str, payload: bytes, with_token: bool) -> None:
-    before = target.head()
+    before = target.settled_head()
     call = target.channel.unary_unary(path, request_serializer=None, response_deserializer=None)
     try:
         call(payload, metadata=target.md if with_token else (), timeout=5)
