@@ -71,3 +71,29 @@ def test_json_logs() -> None:
     line = json.loads(out.getvalue().strip())
     assert line["message"] == "round 7 committed" and line["level"] == "warning" and line["task"] == "sec"
     assert line["logger"] == "seedfed.test" and line["time"].endswith("Z")
+
+
+def test_an_identical_retry_counts_as_a_retry(db_url) -> None:  # noqa: ANN001
+    from prometheus_client import generate_latest
+    from sec_helpers import BASE_DIGEST
+
+    spec = make_spec(min_clients=2)  # b never submits: round 1 stays open for a's retry
+
+    async def main() -> str:
+        async with hardened(db_url, [spec], auth=False) as live:
+            async with aio_channel(live.port) as ch:
+                s = stub(ch)
+                a, _ = [
+                    (await s.Join(pb.JoinRequest(task_id="sec", name=n, base_digest=BASE_DIGEST), timeout=5)).client_id
+                    for n in ("a", "b")
+                ]
+                while (await s.Status(pb.StatusRequest(task_id="sec"), timeout=5)).open_round != 1:
+                    await asyncio.sleep(0.02)
+                submit = pb.SubmitRequest(task_id="sec", client_id=a, round=1, slot=0, scalars=b"\x01" * spec.local_steps)
+                first, again = await s.Submit(submit, timeout=5), await s.Submit(submit, timeout=5)
+                assert (first.received, again.received) == (1, 1)
+            return generate_latest(live.hardening.metrics.registry).decode()
+
+    text = asyncio.run(asyncio.wait_for(main(), 60))
+    assert 'seedfed_submissions_accepted_total{task="sec"} 1.0' in text
+    assert 'seedfed_submissions_retried_total{task="sec"} 1.0' in text
