@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROTO_OUT := proto
 
-.PHONY: install proto proto-check test test-fast bench run lint image-coordinator image-client compose-up compose-down clean
+.PHONY: install proto proto-check test test-fast bench bench-smoke run lint image-coordinator image-client compose-up compose-down clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,11 +37,16 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The engine, coordinator and catch-up benchmarks at full size (minutes; the coordinator's needs PostgreSQL).
 bench:
 	$(PY) bench/replay.py
 	$(PY) bench/probe.py
 	$(PY) bench/coordinator_load.py
 	$(PY) bench/catchup.py
+
+# Every benchmark at its --smoke size (seconds each), as the test suite runs them.
+bench-smoke:
+	$(VENV)/bin/pytest -q tests/bench
 
 image-coordinator:
 	docker build -f docker/coordinator.Dockerfile -t seedfed-coordinator .
