@@ -30,6 +30,7 @@ class Assignment:
     slot: int
     seeds: tuple[int, ...]
     lr: float
+    scalar_scale: float = 0.0  # a byte b carries b * scalar_scale in this round; 0: the genesis scale
 
 
 @dataclass(frozen=True)
@@ -103,13 +104,17 @@ class Prober:
             if applied:
                 self.weights.refresh()
         uniforms = scalar_uniforms(spec.task_seed, assignment.round, assignment.slot, len(gradients))
-        scalars = encode_scalars(gradients, spec.scalar_scale, uniforms)
+        scalars = encode_scalars(gradients, assignment.scalar_scale or spec.scalar_scale, uniforms)
         finite = [x for x in losses if math.isfinite(x)]
         loss = sum(finite) / len(finite) if finite else float("nan")
         return WorkResult(assignment.round, assignment.slot, scalars, tuple(gradients), loss, time.perf_counter() - start)
 
 
 def assignment_from(open_event, spec) -> Assignment:
-    """From a RoundOpen message; the lr falls back to the genesis schedule if the message has none."""
+    """From a RoundOpen message; the lr falls back to the genesis schedule and the
+    scale to the genesis scale if the message has none."""
     lr = open_event.lr if open_event.lr > 0 else spec.lr_at(open_event.round)
-    return Assignment(int(open_event.round), int(open_event.slot), tuple(int(s) for s in open_event.seeds), float(lr))
+    scale = open_event.scalar_scale if open_event.scalar_scale > 0 else spec.scalar_scale
+    return Assignment(
+        int(open_event.round), int(open_event.slot), tuple(int(s) for s in open_event.seeds), float(lr), float(scale)
+    )

@@ -271,6 +271,7 @@ class MemoryStore(LedgerStore):
                     spec.group_size,
                     (),
                     (),
+                    spec.scalar_scale,
                 )
                 a = _Attempt(plan, ROUND_COMMITTED, now, {}, rec, None)
                 t.attempts.append(a)

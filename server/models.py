@@ -86,6 +86,7 @@ class RoundRow(Base):
     deadline: Mapped[float] = mapped_column(Float)
     closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     lr: Mapped[float] = mapped_column(Float)
+    scalar_scale: Mapped[float] = mapped_column(Float)  # a byte b of this attempt carries b * scalar_scale
     group_size: Mapped[int] = mapped_column(Integer)
     # JSON list of seed lists, one per group: what the attempt asked for.
     group_seeds: Mapped[str] = mapped_column(Text)

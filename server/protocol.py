@@ -20,7 +20,12 @@ def open_event(ev: OpenEvent) -> pb.SyncEvent:
     plan = ev.plan
     return pb.SyncEvent(
         open=pb.RoundOpen(
-            round=plan.round, slot=ev.slot, seeds=plan.seeds_of_slot(ev.slot), deadline_unix=plan.deadline, lr=plan.lr
+            round=plan.round,
+            slot=ev.slot,
+            seeds=plan.seeds_of_slot(ev.slot),
+            deadline_unix=plan.deadline,
+            lr=plan.lr,
+            scalar_scale=plan.scalar_scale,
         )
     )
 

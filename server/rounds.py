@@ -40,7 +40,7 @@ from seedfed.server.store import (
 )
 from seedfed.server.writer import StoreWriter
 from seedfed.shared.ledger import RoundRecord, round_payload
-from seedfed.shared.round_math import compute_commit, plan_round
+from seedfed.shared.round_math import CommittedRound, compute_commit, history_rounds, plan_round
 from seedfed.shared.taskspec import TaskSpec
 from seedfed.shared.wire import CLIENT_NAME, DIGEST
 
@@ -493,7 +493,8 @@ class TaskRounds:
     async def _open_round(self, client_ids: list[str]) -> None:
         round_no = self.head_round + 1
         attempt = await self.writer.run(self.store.last_attempt, self.task_id, round_no) + 1
-        plan = plan_round(self.spec, round_no, attempt, client_ids, self._seed_stats, self.now())
+        history = await self.writer.run(self._history, round_no)
+        plan = plan_round(self.spec, round_no, attempt, client_ids, self._seed_stats, self.now(), history)
         await self.writer.run(self.store.open_round, plan)
         slot_of = plan.slot_of()
         self.open = OpenState(plan, slot_of, {}, set(slot_of))
@@ -517,14 +518,26 @@ class TaskRounds:
             for sub in subs:
                 sub.push(event)
 
+    def _history(self, round_no: int) -> list[CommittedRound]:
+        """The committed rounds before ``round_no`` that its scale and aggregation
+        read, as stored (writer thread): a restarted coordinator reads the same."""
+        first = max(1, round_no - history_rounds(self.spec))
+        stored = (self.store.committed_submissions(self.task_id, r) for r in range(first, round_no))
+        return [CommittedRound(plan, subs) for plan, subs in filter(None, stored)]
+
     def _commit_in_writer(self, plan: RoundPlan) -> CommitResult:
         """Runs on the writer thread: reads the attempt's stored submissions and
         commits; no other write can slip in between."""
         current = self.store.get_open_round(self.task_id)
         if current is None or (current.plan.round, current.plan.attempt) != (plan.round, plan.attempt):
             raise StoreConflict(f"round {plan.round} attempt {plan.attempt} is no longer open")
-        result = compute_commit(self.spec, current.plan, list(current.submissions.values()), self.head_hash)
+        history = self._history(plan.round)
+        result = compute_commit(self.spec, current.plan, list(current.submissions.values()), self.head_hash, history)
         self.store.commit_round(self.task_id, plan.round, plan.attempt, result, self.now())
+        if result.saturated:
+            log.info("task %s round %d: bytes saturated at scale %g, no step", self.task_id, plan.round, plan.scalar_scale)
+        if result.left_out:
+            log.info("task %s round %d: outlying clients left out: %s", self.task_id, plan.round, ", ".join(result.left_out))
         return result
 
     async def _commit(self, o: OpenState) -> None:

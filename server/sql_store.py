@@ -108,6 +108,7 @@ class SqlStore(LedgerStore):
             row.group_size,
             RoundPlan.parse_group_seeds(row.group_seeds),
             tuple(cid for _, cid in slots),
+            row.scalar_scale,
         )
 
     @staticmethod
@@ -227,6 +228,7 @@ class SqlStore(LedgerStore):
                 opened_at=plan.opened_at,
                 deadline=plan.deadline,
                 lr=plan.lr,
+                scalar_scale=plan.scalar_scale,
                 group_size=plan.group_size,
                 group_seeds=plan.group_seeds_json(),
             )
@@ -470,6 +472,7 @@ class SqlStore(LedgerStore):
                         deadline=now,
                         closed_at=now,
                         lr=spec.lr_at(rec.round),
+                        scalar_scale=spec.scalar_scale,
                         group_size=spec.group_size,
                         group_seeds="[]",
                         hash=rec.hash,

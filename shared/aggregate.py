@@ -1,4 +1,19 @@
-"""Aggregation of the scalars that several clients report for one seed."""
+"""Aggregation of the scalars that several clients report for the same seeds.
+
+mean, median and trimmed mean work seed by seed. They keep a minority's value
+inside the range of the honest reports, but zeroth-order reports are mostly
+minibatch noise (honest clients disagree in sign on most seeds), so the
+honest range is wide and a minority at one end of it still pulls every step.
+
+screened_mean works on a round as a whole and on its history. A report's
+deviation is its distance from its seed's median in units of the round's
+typical distance (the median of all distances). A client whose median
+deviation over its recent reports exceeds a threshold is left out; the
+others' reports, clipped to the median plus or minus a few typical
+distances, are averaged. A client that is extreme on most seeds (a constant
++127, a sign-flipped report at full strength) is left out, and one that is
+extreme now and then moves a step by at most the clip.
+"""
 
 from __future__ import annotations
 
@@ -21,3 +36,31 @@ def aggregate(values: Sequence[float], rule: str, trim_fraction: float = 0.2) ->
         kept = ordered[cut : len(ordered) - cut] or ordered
         return math.fsum(kept) / len(kept)
     raise ValueError(f"unknown aggregation rule {rule!r}")
+
+
+def _centre_and_spread(rows: Sequence[Sequence[float]], floor: float) -> tuple[list[float], float]:
+    """Each seed's median, and the median distance of all reports from their
+    seed's median (at least ``floor``: reports closer than that are one value)."""
+    if not rows or any(len(r) != len(rows[0]) for r in rows):
+        raise ValueError("every client must report the same number of seeds")
+    centre = [float(statistics.median(column)) for column in zip(*rows)]
+    distances = [abs(x - c) for r in rows for x, c in zip(r, centre)]
+    return centre, max(float(statistics.median(distances)) if distances else 0.0, floor)
+
+
+def deviations(rows: Sequence[Sequence[float]], floor: float) -> list[list[float]]:
+    """Every report's distance from its seed's median, in typical distances."""
+    centre, spread = _centre_and_spread(rows, floor)
+    return [[abs(x - c) / spread for x, c in zip(r, centre)] for r in rows]
+
+
+def outlying(scores: Sequence[float], threshold: float) -> bool:
+    """A client is outlying when its median deviation exceeds ``threshold``."""
+    return bool(scores) and statistics.median(scores) > threshold
+
+
+def clipped_mean(rows: Sequence[Sequence[float]], clip: float, floor: float) -> list[float]:
+    """Per seed, the mean of the reports clipped to median +- ``clip`` typical distances."""
+    centre, spread = _centre_and_spread(rows, floor)
+    bound = clip * spread
+    return [math.fsum(min(max(x, c - bound), c + bound) for x in column) / len(rows) for column, c in zip(zip(*rows), centre)]

@@ -1,19 +1,26 @@
-"""The pure arithmetic of a round: who probes which seeds, and what a round
-commits. No I/O, no clocks: the same inputs give the same plan and the same
-record after any restart.
+"""The pure arithmetic of a round: who probes which seeds, at what one-byte
+scale, and what a round commits. No I/O, no clocks: the same inputs give the
+same plan and the same record after any restart.
+
+Some rules read earlier rounds (the adaptive scale reads the round before,
+screened_mean a window of rounds): callers pass those committed rounds as
+stored, plan and submissions, so a commit stays an exact function of stored
+data.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from seedfed.shared.aggregate import aggregate
+from seedfed.shared.aggregate import aggregate, clipped_mean, deviations, outlying
 from seedfed.shared.assignment import pro_probabilities, uniform_seeds, weighted_seeds
 from seedfed.shared.ledger import RoundRecord, make_record
 from seedfed.shared.quantize import decode_bytes
+from seedfed.shared.scale import SCALE_ROUNDS, median_magnitude, next_scale
 from seedfed.shared.steps import integer_steps
 from seedfed.shared.taskspec import TaskSpec
 
@@ -31,6 +38,7 @@ class RoundPlan:
     group_size: int
     group_seeds: tuple[tuple[int, ...], ...]  # the seeds of each group, in probing order
     slots: tuple[str, ...]  # client_id of each slot
+    scalar_scale: float  # a byte b of this attempt carries b * scalar_scale
 
     def group_of_slot(self, slot: int) -> int:
         return 0 if self.group_size <= 0 else slot // self.group_size
@@ -59,6 +67,14 @@ class Submission:
 
 
 @dataclass(frozen=True)
+class CommittedRound:
+    """A committed attempt as stored: what later rounds' arithmetic may read."""
+
+    plan: RoundPlan
+    submissions: Sequence[Submission]
+
+
+@dataclass(frozen=True)
 class CommitResult:
     """Everything a commit writes, computed from the attempt's submissions (compute_commit)."""
 
@@ -66,6 +82,22 @@ class CommitResult:
     seed_abs: dict[int, tuple[float, int]]  # seed -> (sum of |aggregate|, count) to add to the stats
     submissions_counted: int
     mean_loss: float | None
+    left_out: tuple[str, ...] = field(default=())  # screened_mean: clients whose reports did not count
+    saturated: bool = False  # screened_mean: the bytes sat near +-127, so the round committed no step
+
+
+def history_rounds(spec: TaskSpec) -> int:
+    """How many committed rounds before a round its plan and commit read."""
+    need = SCALE_ROUNDS if spec.scale_rule == "adaptive" else 0
+    if spec.aggregation == "screened_mean":
+        need = max(need, spec.screen_rounds - 1)
+    return need
+
+
+def _check_history(round_no: int, history: Sequence[CommittedRound]) -> None:
+    rounds = [h.plan.round for h in history]
+    if rounds and rounds != list(range(round_no - len(rounds), round_no)):
+        raise ValueError(f"round {round_no}: the history must be the rounds just before it, in order, not {rounds}")
 
 
 def group_count(n_clients: int, group_size: int) -> int:
@@ -90,8 +122,15 @@ def plan_round(
     client_ids: Sequence[str],
     seed_stats: Mapping[int, tuple[float, int]],
     opened_at: float,
+    history: Sequence[CommittedRound] = (),
 ) -> RoundPlan:
-    """Slots in the given (stable) order; each group's seeds from (task seed, round, group)."""
+    """Slots in the given (stable) order; each group's seeds from (task seed, round, group);
+    the scale from the round before (adaptive) or the genesis."""
+    _check_history(round_no, history)
+    scale = spec.scalar_scale
+    if spec.scale_rule == "adaptive":
+        rounds = [(h.plan.scalar_scale, [s.scalars for s in h.submissions]) for h in history]
+        scale = next_scale(spec.scalar_scale, spec.scale_target, rounds)
     n_groups = group_count(len(client_ids), spec.group_size)
     if spec.sampling == "fedkseed_pro":
         probs = seed_probabilities(spec, seed_stats)
@@ -108,27 +147,93 @@ def plan_round(
         group_size=spec.group_size,
         group_seeds=tuple(tuple(g) for g in groups),
         slots=tuple(client_ids),
+        scalar_scale=scale,
     )
 
 
-def compute_commit(spec: TaskSpec, plan: RoundPlan, submissions: Sequence[Submission], previous_hash: bytes) -> CommitResult:
+def _groups(plan: RoundPlan, submissions: Sequence[Submission]) -> dict[int, list[Submission]]:
+    by_group: dict[int, list[Submission]] = {}
+    for sub in sorted(submissions, key=lambda s: s.slot):
+        by_group.setdefault(plan.group_of_slot(sub.slot), []).append(sub)
+    return by_group
+
+
+def _values(plan: RoundPlan, sub: Submission) -> list[float]:
+    return [b * plan.scalar_scale for b in decode_bytes(sub.scalars)]
+
+
+def _deviations_by_client(plan: RoundPlan, submissions: Sequence[Submission]) -> dict[str, list[float]]:
+    """Each client's deviations in one round, measured within its group (the clients on its seeds)."""
+    out: dict[str, list[float]] = {}
+    for subs in _groups(plan, submissions).values():
+        for sub, devs in zip(subs, deviations([_values(plan, s) for s in subs], plan.scalar_scale)):
+            out[sub.client_id] = devs
+    return out
+
+
+SATURATED_MEDIAN = 64  # a median |byte| above this says little but "raise the scale"
+
+
+def saturated(spec: TaskSpec, plan: RoundPlan, submissions: Sequence[Submission]) -> bool:
+    """The round's scale was more than two octaves too small for its bytes (or
+    they sat near +-127): next to honest reports that large, an extreme one does
+    not stand out. This is the first round or two, while the adaptive scale
+    climbs from a genesis scale that was too small."""
+    m = median_magnitude([(0, [s.scalars for s in submissions])])
+    return m is not None and m[0] > min(4 * spec.scale_target, SATURATED_MEDIAN)
+
+
+def left_out_clients(
+    spec: TaskSpec, plan: RoundPlan, submissions: Sequence[Submission], history: Sequence[CommittedRound]
+) -> set[str]:
+    """screened_mean: the clients of this round whose median deviation over the
+    screening window (this round and up to screen_rounds - 1 before it, saturated
+    rounds left aside) is too large."""
+    window = list(history)[max(0, len(history) - spec.screen_rounds + 1) :]
+    scores: dict[str, list[float]] = defaultdict(list)
+    for past in [*window, CommittedRound(plan, submissions)]:
+        if saturated(spec, past.plan, past.submissions):
+            continue
+        for cid, devs in _deviations_by_client(past.plan, past.submissions).items():
+            scores[cid].extend(devs)
+    return {s.client_id for s in submissions if outlying(scores[s.client_id], spec.screen_threshold)}
+
+
+def compute_commit(
+    spec: TaskSpec,
+    plan: RoundPlan,
+    submissions: Sequence[Submission],
+    previous_hash: bytes,
+    history: Sequence[CommittedRound] = (),
+) -> CommitResult:
     """Per group and step: aggregate the decoded scalars with the task's rule;
     divide by the number of groups that reported; integer steps by the lr
-    schedule with keyed stochastic rounding; chain the hash."""
-    by_group: dict[int, list[list[int]]] = {}
-    for sub in sorted(submissions, key=lambda s: s.slot):
-        by_group.setdefault(plan.group_of_slot(sub.slot), []).append(decode_bytes(sub.scalars))
+    schedule with keyed stochastic rounding; chain the hash. ``history``: the
+    committed rounds just before this one (at least history_rounds(spec) of
+    them where stored). Under screened_mean a saturated round commits no step."""
+    _check_history(plan.round, history)
+    screened = spec.aggregation == "screened_mean"
+    blind = screened and saturated(spec, plan, submissions)
+    by_group = {} if blind else _groups(plan, submissions)
+    left_out = left_out_clients(spec, plan, submissions, history) if screened and not blind else set()
     n_reporting = len(by_group)
     contributions: list[tuple[int, float]] = []
     seed_abs: dict[int, tuple[float, int]] = {}
     for group in sorted(by_group):
-        rows = by_group[group]
-        for j, seed in enumerate(plan.group_seeds[group]):
-            agg = aggregate([row[j] * spec.scalar_scale for row in rows], spec.aggregation, spec.trim_fraction)
+        subs = by_group[group]
+        rows = [_values(plan, s) for s in subs]
+        if screened:
+            kept = [r for r, s in zip(rows, subs) if s.client_id not in left_out] or rows
+            aggs = clipped_mean(kept, spec.screen_clip, plan.scalar_scale)
+        else:
+            aggs = [aggregate(column, spec.aggregation, spec.trim_fraction) for column in zip(*rows)]
+        for seed, agg in zip(plan.group_seeds[group], aggs):
             contributions.append((seed, agg / n_reporting))
             a, n = seed_abs.get(seed, (0.0, 0))
             seed_abs[seed] = (a + abs(agg), n + 1)
     entries = integer_steps(contributions, lr=plan.lr, unit=spec.unit, task_seed=spec.task_seed, round_no=plan.round)
     losses = [s.loss for s in submissions if s.loss is not None and math.isfinite(s.loss)]
     mean_loss = math.fsum(losses) / len(losses) if losses else None
-    return CommitResult(make_record(previous_hash, plan.round, entries), seed_abs, len(submissions), mean_loss)
+    return CommitResult(
+        make_record(previous_hash, plan.round, entries), seed_abs, len(submissions), mean_loss, tuple(sorted(left_out)), blind
+    )

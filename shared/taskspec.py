@@ -20,7 +20,8 @@ from typing import Any
 
 from seedfed.shared.philox import GENERATOR_ID
 
-AGGREGATIONS = ("mean", "median", "trimmed_mean")
+AGGREGATIONS = ("mean", "median", "trimmed_mean", "screened_mean")
+SCALE_RULES = ("fixed", "adaptive")
 SAMPLINGS = ("uniform", "fedkseed_pro")
 SCHEDULES = ("constant", "linear", "cosine")
 DISTRIBUTIONS = ("rademacher",)
@@ -68,9 +69,15 @@ class TaskSpec:
     local_steps: int = 1  # seeds each client probes per round
     group_size: int = 0  # clients that probe the same seeds; 0 means all clients of the round
     batch_size: int = 16
-    scalar_scale: float = 0.05  # one byte b carries the scalar b * scale
+    scalar_scale: float = 0.05  # one byte b carries the scalar b * scale (adaptive: in the first round)
+    scale_rule: str = "fixed"  # adaptive: each round's scale follows the bytes of the round before
+    scale_target: int = 8  # adaptive: the median |byte| the scale aims at
     aggregation: str = "mean"
     trim_fraction: float = 0.2
+    byzantine_clients: int = 0  # the minority of faulty clients the aggregation must tolerate
+    screen_rounds: int = 10  # screened_mean: the rounds a client's outlyingness is measured over
+    screen_threshold: float = 3.0  # screened_mean: the outlyingness beyond which a client's reports are left out
+    screen_clip: float = 6.0  # screened_mean: reports are clipped to the median +- this many typical distances
     min_clients: int = 1
     round_deadline_s: float = 60.0
     sampling: str = "uniform"
@@ -122,8 +129,18 @@ class TaskSpec:
         need(0 <= self.group_size <= 100_000, "group_size must lie in [0, 100000]")
         need(1 <= self.batch_size <= 4096, "batch_size must lie in [1, 4096]")
         need(math.isfinite(self.scalar_scale) and self.scalar_scale > 0, "scalar_scale must be positive")
+        need(self.scale_rule in SCALE_RULES, f"scale_rule must be one of {SCALE_RULES}")
+        need(1 <= self.scale_target <= 100, "scale_target must lie in [1, 100] (bytes)")
         need(self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS}")
         need(0.0 <= self.trim_fraction < 0.5, "trim_fraction must lie in [0, 0.5)")
+        need(0 <= self.byzantine_clients <= 50_000, "byzantine_clients must lie in [0, 50000]")
+        need(1 <= self.screen_rounds <= 1000, "screen_rounds must lie in [1, 1000]")
+        need(math.isfinite(self.screen_threshold) and self.screen_threshold >= 1, "screen_threshold must be >= 1")
+        need(math.isfinite(self.screen_clip) and self.screen_clip >= 1, "screen_clip must be >= 1")
+        need(
+            self.aggregation != "screened_mean" or self.scale_rule == "adaptive",
+            "screened_mean needs scale_rule adaptive: at a fixed scale honest bytes may sit at +-127 like an attacker's",
+        )
         need(1 <= self.min_clients <= 100_000, "min_clients must lie in [1, 100000]")
         need(0 < self.round_deadline_s <= 86_400, "round_deadline_s must lie in (0, 86400]")
         need(self.sampling in SAMPLINGS, f"sampling must be one of {SAMPLINGS}")
@@ -133,14 +150,50 @@ class TaskSpec:
         need(o.kind in OBJECTIVES, f"objective.kind must be one of {OBJECTIVES}")
         need(o.kind != "classification" or len(o.labels) >= 2, "a classification objective needs >= 2 labels")
         need(1 <= o.max_length <= 65_536, "objective.max_length must lie in [1, 65536]")
+        if not problems:
+            problems += self._tolerance_problems()
         if problems:
             raise TaskSpecError("invalid task: " + "; ".join(problems))
         return self
 
+    def _tolerance_problems(self) -> list[str]:
+        """Can the aggregation rule outvote ``byzantine_clients`` faulty clients in
+        the smallest round it commits (min_clients reports on the same seeds)?"""
+        f, n = self.byzantine_clients, self.min_clients
+        if f == 0:
+            return []
+        if self.group_size != 0:
+            # the last group of a round holds what is left over, as few as one client
+            return [f"byzantine_clients {f} needs group_size 0 (every client of a round reports on the same seeds)"]
+        if self.aggregation == "mean":
+            return [f"aggregation mean tolerates no faulty client, but byzantine_clients is {f}"]
+        if 2 * f >= n:
+            return [
+                f"aggregation {self.aggregation} needs a majority of honest clients: byzantine_clients {f} "
+                f"of min_clients {n}; min_clients must be at least {2 * f + 1}"
+            ]
+        if self.aggregation == "trimmed_mean" and int(n * self.trim_fraction) < f:
+            least = math.ceil(f / n * 10_000) / 10_000  # the 4-decimal value that cuts f
+            return [
+                f"trim_fraction {self.trim_fraction:g} cuts {int(n * self.trim_fraction)} report(s) from each end of "
+                f"a round of min_clients {n}, fewer than byzantine_clients {f}: trim_fraction must be at least "
+                f"{f}/{n} (use {least:g})"
+            ]
+        return []
+
     # -- canonical form -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Every field that shapes the run. Fields added after the first genesis
+        format are left out while they have no effect, so a genesis written
+        before they existed keeps its bytes and its hash."""
         d = dataclasses.asdict(self)
         d["objective"]["labels"] = list(self.objective.labels)
+        if self.scale_rule == "fixed":
+            del d["scale_rule"], d["scale_target"]
+        if self.byzantine_clients == 0:
+            del d["byzantine_clients"]
+        if self.aggregation != "screened_mean":
+            del d["screen_rounds"], d["screen_threshold"], d["screen_clip"]
         return d
 
     def canonical_bytes(self) -> bytes:

@@ -14,6 +14,7 @@ messages each client would send and receive.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ from seedfed.client.objectives import Objective
 from seedfed.client.replica import Replica
 from seedfed.client.worker import Assignment, Prober
 from seedfed.shared.ledger import RoundRecord
-from seedfed.shared.round_math import Submission, compute_commit, plan_round
+from seedfed.shared.round_math import CommittedRound, Submission, compute_commit, history_rounds, plan_round
 from seedfed.v1 import coordinator_pb2 as pb
 
 
@@ -67,18 +68,21 @@ class InProcessFederation:
         self.weights = weights
         self.stats: dict[int, tuple[float, int]] = {}
         self.history: list[RoundRecord] = []
+        self.recent: deque[CommittedRound] = deque(maxlen=history_rounds(self.spec))  # what later rounds' arithmetic reads
 
     def run_round(self) -> RoundReport:
         start = time.perf_counter()
         round_no = self.replica.round + 1
-        plan = plan_round(self.spec, round_no, 0, self.client_ids, self.stats, opened_at=time.time())
+        plan = plan_round(self.spec, round_no, 0, self.client_ids, self.stats, time.time(), tuple(self.recent))
         submissions: list[Submission] = []
         down = up = 0
         for slot, (client_id, prober) in enumerate(zip(self.client_ids, self.probers)):
             seeds = plan.seeds_of_slot(slot)
-            result = prober.work(Assignment(round_no, slot, seeds, plan.lr))
+            result = prober.work(Assignment(round_no, slot, seeds, plan.lr, plan.scalar_scale))
             submissions.append(Submission(client_id, slot, result.scalars, result.loss, time.time()))
-            opened = pb.RoundOpen(round=round_no, slot=slot, seeds=seeds, deadline_unix=plan.deadline, lr=plan.lr)
+            opened = pb.RoundOpen(
+                round=round_no, slot=slot, seeds=seeds, deadline_unix=plan.deadline, lr=plan.lr, scalar_scale=plan.scalar_scale
+            )
             down += _event_size(pb.SyncEvent(open=opened))
             request = pb.SubmitRequest(
                 task_id=self.spec.task_id,
@@ -89,7 +93,8 @@ class InProcessFederation:
                 loss=result.loss,
             )
             up += request.ByteSize() + 5
-        commit = compute_commit(self.spec, plan, submissions, self.replica.head_hash)
+        commit = compute_commit(self.spec, plan, submissions, self.replica.head_hash, tuple(self.recent))
+        self.recent.append(CommittedRound(plan, submissions))
         record = commit.record
         self.replica.apply(record)
         self.weights.refresh()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cseedfed/v1/coordinator.proto\x12\nseedfed.v1\"*\n\x07Genesis\x12\x11\n\tcanonical\x18\x01 \x01(\x0c\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\"A\n\x0bJoinRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x62\x61se_digest\x18\x03 \x01(\t\"\x9f\x01\n\x0cJoinResponse\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12$\n\x07genesis\x18\x02 \x01(\x0b\x32\x13.seedfed.v1.Genesis\x12\x12\n\nhead_round\x18\x03 \x01(\x04\x12\x11\n\thead_hash\x18\x04 \x01(\x0c\x12\x15\n\rlease_seconds\x18\x05 \x01(\r\x12\x18\n\x10\x66irst_work_round\x18\x06 \x01(\x04\"2\n\x0cLeaveRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\"\x0f\n\rLeaveResponse\"\\\n\x10HeartbeatRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64igest_round\x18\x03 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\"S\n\x11HeartbeatResponse\x12\x12\n\nhead_round\x18\x01 \x01(\x04\x12\x11\n\tdigest_ok\x18\x02 \x01(\x08\x12\x17\n\x0f\x65xpected_digest\x18\x03 \x01(\t\"E\n\x0bSyncRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x12\n\nfrom_round\x18\x03 \x01(\x04\"H\n\x0bRoundCommit\x12\r\n\x05round\x18\x01 \x01(\x04\x12\r\n\x05seeds\x18\x02 \x03(\r\x12\r\n\x05steps\x18\x03 \x03(\x12\x12\x0c\n\x04hash\x18\x04 \x01(\x0c\"Z\n\tRoundOpen\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\r\n\x05seeds\x18\x03 \x03(\r\x12\x15\n\rdeadline_unix\x18\x04 \x01(\x01\x12\n\n\x02lr\x18\x05 \x01(\x01\"1\n\x08\x43\x61ughtUp\x12\x12\n\nhead_round\x18\x01 \x01(\x04\x12\x11\n\thead_hash\x18\x02 \x01(\x0c\"\x91\x01\n\tSyncEvent\x12)\n\x06\x63ommit\x18\x01 \x01(\x0b\x32\x17.seedfed.v1.RoundCommitH\x00\x12%\n\x04open\x18\x02 \x01(\x0b\x32\x15.seedfed.v1.RoundOpenH\x00\x12)\n\tcaught_up\x18\x03 \x01(\x0b\x32\x14.seedfed.v1.CaughtUpH\x00\x42\x07\n\x05\x65vent\"o\n\rSubmitRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0c\n\x04slot\x18\x04 \x01(\r\x12\x0f\n\x07scalars\x18\x05 \x01(\x0c\x12\x0c\n\x04loss\x18\x06 \x01(\x02\"4\n\x0eSubmitResponse\x12\x10\n\x08received\x18\x01 \x01(\r\x12\x10\n\x08\x65xpected\x18\x02 \x01(\r\"I\n\x10GetLedgerRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nfrom_round\x18\x02 \x01(\x04\x12\x10\n\x08to_round\x18\x03 \x01(\x04\"b\n\x11GetLedgerResponse\x12$\n\x07genesis\x18\x01 \x01(\x0b\x32\x13.seedfed.v1.Genesis\x12\'\n\x06rounds\x18\x02 \x03(\x0b\x32\x17.seedfed.v1.RoundCommit\" \n\rStatusRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\xe6\x01\n\x0eStatusResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nhead_round\x18\x02 \x01(\x04\x12\x11\n\thead_hash\x18\x03 \x01(\x0c\x12\x12\n\nopen_round\x18\x04 \x01(\x04\x12\x16\n\x0e\x63lients_online\x18\x05 \x01(\r\x12!\n\x19submissions_in_open_round\x18\x06 \x01(\r\x12\x14\n\x0c\x64igest_round\x18\x07 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x08 \x01(\t\x12\x14\n\x0cledger_bytes\x18\t \x01(\x04\x12\x11\n\tlast_loss\x18\n \x01(\x02\x32\xd6\x03\n\x0b\x43oordinator\x12\x39\n\x04Join\x12\x17.seedfed.v1.JoinRequest\x1a\x18.seedfed.v1.JoinResponse\x12<\n\x05Leave\x12\x18.seedfed.v1.LeaveRequest\x1a\x19.seedfed.v1.LeaveResponse\x12H\n\tHeartbeat\x12\x1c.seedfed.v1.HeartbeatRequest\x1a\x1d.seedfed.v1.HeartbeatResponse\x12\x38\n\x04Sync\x12\x17.seedfed.v1.SyncRequest\x1a\x15.seedfed.v1.SyncEvent0\x01\x12?\n\x06Submit\x12\x19.seedfed.v1.SubmitRequest\x1a\x1a.seedfed.v1.SubmitResponse\x12H\n\tGetLedger\x12\x1c.seedfed.v1.GetLedgerRequest\x1a\x1d.seedfed.v1.GetLedgerResponse\x12?\n\x06Status\x12\x19.seedfed.v1.StatusRequest\x1a\x1a.seedfed.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cseedfed/v1/coordinator.proto\x12\nseedfed.v1\"*\n\x07Genesis\x12\x11\n\tcanonical\x18\x01 \x01(\x0c\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\"A\n\x0bJoinRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x62\x61se_digest\x18\x03 \x01(\t\"\x9f\x01\n\x0cJoinResponse\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12$\n\x07genesis\x18\x02 \x01(\x0b\x32\x13.seedfed.v1.Genesis\x12\x12\n\nhead_round\x18\x03 \x01(\x04\x12\x11\n\thead_hash\x18\x04 \x01(\x0c\x12\x15\n\rlease_seconds\x18\x05 \x01(\r\x12\x18\n\x10\x66irst_work_round\x18\x06 \x01(\x04\"2\n\x0cLeaveRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\"\x0f\n\rLeaveResponse\"\\\n\x10HeartbeatRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64igest_round\x18\x03 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\"S\n\x11HeartbeatResponse\x12\x12\n\nhead_round\x18\x01 \x01(\x04\x12\x11\n\tdigest_ok\x18\x02 \x01(\x08\x12\x17\n\x0f\x65xpected_digest\x18\x03 \x01(\t\"E\n\x0bSyncRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x12\n\nfrom_round\x18\x03 \x01(\x04\"H\n\x0bRoundCommit\x12\r\n\x05round\x18\x01 \x01(\x04\x12\r\n\x05seeds\x18\x02 \x03(\r\x12\r\n\x05steps\x18\x03 \x03(\x12\x12\x0c\n\x04hash\x18\x04 \x01(\x0c\"p\n\tRoundOpen\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\r\n\x05seeds\x18\x03 \x03(\r\x12\x15\n\rdeadline_unix\x18\x04 \x01(\x01\x12\n\n\x02lr\x18\x05 \x01(\x01\x12\x14\n\x0cscalar_scale\x18\x06 \x01(\x01\"1\n\x08\x43\x61ughtUp\x12\x12\n\nhead_round\x18\x01 \x01(\x04\x12\x11\n\thead_hash\x18\x02 \x01(\x0c\"\x91\x01\n\tSyncEvent\x12)\n\x06\x63ommit\x18\x01 \x01(\x0b\x32\x17.seedfed.v1.RoundCommitH\x00\x12%\n\x04open\x18\x02 \x01(\x0b\x32\x15.seedfed.v1.RoundOpenH\x00\x12)\n\tcaught_up\x18\x03 \x01(\x0b\x32\x14.seedfed.v1.CaughtUpH\x00\x42\x07\n\x05\x65vent\"o\n\rSubmitRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0c\n\x04slot\x18\x04 \x01(\r\x12\x0f\n\x07scalars\x18\x05 \x01(\x0c\x12\x0c\n\x04loss\x18\x06 \x01(\x02\"4\n\x0eSubmitResponse\x12\x10\n\x08received\x18\x01 \x01(\r\x12\x10\n\x08\x65xpected\x18\x02 \x01(\r\"I\n\x10GetLedgerRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nfrom_round\x18\x02 \x01(\x04\x12\x10\n\x08to_round\x18\x03 \x01(\x04\"b\n\x11GetLedgerResponse\x12$\n\x07genesis\x18\x01 \x01(\x0b\x32\x13.seedfed.v1.Genesis\x12\'\n\x06rounds\x18\x02 \x03(\x0b\x32\x17.seedfed.v1.RoundCommit\" \n\rStatusRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\xe6\x01\n\x0eStatusResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nhead_round\x18\x02 \x01(\x04\x12\x11\n\thead_hash\x18\x03 \x01(\x0c\x12\x12\n\nopen_round\x18\x04 \x01(\x04\x12\x16\n\x0e\x63lients_online\x18\x05 \x01(\r\x12!\n\x19submissions_in_open_round\x18\x06 \x01(\r\x12\x14\n\x0c\x64igest_round\x18\x07 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x08 \x01(\t\x12\x14\n\x0cledger_bytes\x18\t \x01(\x04\x12\x11\n\tlast_loss\x18\n \x01(\x02\x32\xd6\x03\n\x0b\x43oordinator\x12\x39\n\x04Join\x12\x17.seedfed.v1.JoinRequest\x1a\x18.seedfed.v1.JoinResponse\x12<\n\x05Leave\x12\x18.seedfed.v1.LeaveRequest\x1a\x19.seedfed.v1.LeaveResponse\x12H\n\tHeartbeat\x12\x1c.seedfed.v1.HeartbeatRequest\x1a\x1d.seedfed.v1.HeartbeatResponse\x12\x38\n\x04Sync\x12\x17.seedfed.v1.SyncRequest\x1a\x15.seedfed.v1.SyncEvent0\x01\x12?\n\x06Submit\x12\x19.seedfed.v1.SubmitRequest\x1a\x1a.seedfed.v1.SubmitResponse\x12H\n\tGetLedger\x12\x1c.seedfed.v1.GetLedgerRequest\x1a\x1d.seedfed.v1.GetLedgerResponse\x12?\n\x06Status\x12\x19.seedfed.v1.StatusRequest\x1a\x1a.seedfed.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,23 +50,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUNDCOMMIT']._serialized_start=636
   _globals['_ROUNDCOMMIT']._serialized_end=708
   _globals['_ROUNDOPEN']._serialized_start=710
-  _globals['_ROUNDOPEN']._serialized_end=800
-  _globals['_CAUGHTUP']._serialized_start=802
-  _globals['_CAUGHTUP']._serialized_end=851
-  _globals['_SYNCEVENT']._serialized_start=854
-  _globals['_SYNCEVENT']._serialized_end=999
-  _globals['_SUBMITREQUEST']._serialized_start=1001
-  _globals['_SUBMITREQUEST']._serialized_end=1112
-  _globals['_SUBMITRESPONSE']._serialized_start=1114
-  _globals['_SUBMITRESPONSE']._serialized_end=1166
-  _globals['_GETLEDGERREQUEST']._serialized_start=1168
-  _globals['_GETLEDGERREQUEST']._serialized_end=1241
-  _globals['_GETLEDGERRESPONSE']._serialized_start=1243
-  _globals['_GETLEDGERRESPONSE']._serialized_end=1341
-  _globals['_STATUSREQUEST']._serialized_start=1343
-  _globals['_STATUSREQUEST']._serialized_end=1375
-  _globals['_STATUSRESPONSE']._serialized_start=1378
-  _globals['_STATUSRESPONSE']._serialized_end=1608
-  _globals['_COORDINATOR']._serialized_start=1611
-  _globals['_COORDINATOR']._serialized_end=2081
+  _globals['_ROUNDOPEN']._serialized_end=822
+  _globals['_CAUGHTUP']._serialized_start=824
+  _globals['_CAUGHTUP']._serialized_end=873
+  _globals['_SYNCEVENT']._serialized_start=876
+  _globals['_SYNCEVENT']._serialized_end=1021
+  _globals['_SUBMITREQUEST']._serialized_start=1023
+  _globals['_SUBMITREQUEST']._serialized_end=1134
+  _globals['_SUBMITRESPONSE']._serialized_start=1136
+  _globals['_SUBMITRESPONSE']._serialized_end=1188
+  _globals['_GETLEDGERREQUEST']._serialized_start=1190
+  _globals['_GETLEDGERREQUEST']._serialized_end=1263
+  _globals['_GETLEDGERRESPONSE']._serialized_start=1265
+  _globals['_GETLEDGERRESPONSE']._serialized_end=1363
+  _globals['_STATUSREQUEST']._serialized_start=1365
+  _globals['_STATUSREQUEST']._serialized_end=1397
+  _globals['_STATUSRESPONSE']._serialized_start=1400
+  _globals['_STATUSRESPONSE']._serialized_end=1630
+  _globals['_COORDINATOR']._serialized_start=1633
+  _globals['_COORDINATOR']._serialized_end=2103
 # @@protoc_insertion_point(module_scope)

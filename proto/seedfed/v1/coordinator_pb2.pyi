@@ -97,18 +97,20 @@ class RoundCommit(_message.Message):
     def __init__(self, round: _Optional[int] = ..., seeds: _Optional[_Iterable[int]] = ..., steps: _Optional[_Iterable[int]] = ..., hash: _Optional[bytes] = ...) -> None: ...
 
 class RoundOpen(_message.Message):
-    __slots__ = ("round", "slot", "seeds", "deadline_unix", "lr")
+    __slots__ = ("round", "slot", "seeds", "deadline_unix", "lr", "scalar_scale")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     SEEDS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
+    SCALAR_SCALE_FIELD_NUMBER: _ClassVar[int]
     round: int
     slot: int
     seeds: _containers.RepeatedScalarFieldContainer[int]
     deadline_unix: float
     lr: float
-    def __init__(self, round: _Optional[int] = ..., slot: _Optional[int] = ..., seeds: _Optional[_Iterable[int]] = ..., deadline_unix: _Optional[float] = ..., lr: _Optional[float] = ...) -> None: ...
+    scalar_scale: float
+    def __init__(self, round: _Optional[int] = ..., slot: _Optional[int] = ..., seeds: _Optional[_Iterable[int]] = ..., deadline_unix: _Optional[float] = ..., lr: _Optional[float] = ..., scalar_scale: _Optional[float] = ...) -> None: ...
 
 class CaughtUp(_message.Message):
     __slots__ = ("head_round", "head_hash")
