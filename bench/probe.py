@@ -7,7 +7,10 @@
 The probe derives w = W * unit +- eps * z from the int32 state before each
 forward and re-derives w = W * unit afterwards; the baseline runs the same
 two forwards with nothing else. Ratio = probe time / baseline time (target
-<= 1.15). Runs alternate and the figures are medians.
+<= 1.15). A second row times the same probe with streamed weights (each
+block derived from the master just before it runs, no full-size float
+buffer) against the resident probe of the same process (target <= 1.15).
+Runs alternate and the figures are medians.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 
 from seedfed.client.engine.probe import probe
 from seedfed.client.engine.state import ComputeWeights, FixedPointState, choose_unit_log2
+from seedfed.client.engine.streamed import StreamedWeights
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # a run of seconds: a 2-layer GPT-2 of width 64 over 1,000 tokens
@@ -64,10 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     state = FixedPointState.from_module(model, choose_unit_log2(model), 20241123, device=device)
     weights = ComputeWeights.bind(model, state, DTYPES[args.dtype])
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), device=device)
+    # the same model again, its parameters left on the meta device: streamed from the same master
+    shadow = tiny_module("gpt2", vocab_size=args.vocab, hidden=args.width, layers=args.layers, heads=args.heads, positions=1024)
+    shadow.requires_grad_(False)
+    streamed = StreamedWeights.bind(shadow, state, DTYPES[args.dtype], device)
 
-    def loss_fn() -> float:
-        with torch.inference_mode():
-            return float(model(ids, labels=ids).loss)
+    def loss_of(m: torch.nn.Module):
+        def loss() -> float:
+            with torch.inference_mode():
+                return float(m(ids, labels=ids).loss)
+
+        return loss
+
+    loss_fn, shadow_loss = loss_of(model), loss_of(shadow)
 
     def two_forwards() -> None:
         loss_fn()
@@ -81,10 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"batch: {args.batch} x {args.seq} tokens")
     # warm-up: allocator, kernels, and the compiled perturb pass
     t = time.perf_counter()
-    probe(weights, 0, 1e-3, loss_fn)
+    warm = probe(weights, 0, 1e-3, loss_fn)
+    warm_streamed = probe(streamed, 0, 1e-3, shadow_loss)
     print(f"warm-up (includes compiling the perturb pass): {time.perf_counter() - t:.1f} s")
+    if warm != warm_streamed:
+        print(f"streamed and resident probes disagree: {warm_streamed} vs {warm}", file=sys.stderr)
+        return 1
 
-    base, probes = [], []
+    base, probes, streamed_probes = [], [], []
     for i in range(args.repeats):
         sync(device)
         t = time.perf_counter()
@@ -95,12 +112,18 @@ def main(argv: list[str] | None = None) -> int:
         probe(weights, i + 1, 1e-3, loss_fn)
         sync(device)
         probes.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        probe(streamed, i + 1, 1e-3, shadow_loss)
+        sync(device)
+        streamed_probes.append(time.perf_counter() - t)
     assert state.digest() == digest, "a probe changed the state"
 
-    tb, tp = statistics.median(base), statistics.median(probes)
+    tb, tp, ts = statistics.median(base), statistics.median(probes), statistics.median(streamed_probes)
     print(f"two plain forwards: {tb:8.3f} s")
     print(f"one seedfed probe:  {tp:8.3f} s  (perturb +eps, forward, perturb -eps, forward, refresh)")
+    print(f"streamed probe:     {ts:8.3f} s  (each block derived +-eps as it runs; no full float buffer)")
     print(f"ratio probe / two forwards: {tp / tb:.3f}   (target <= 1.15)")
+    print(f"ratio streamed / resident probe: {ts / tp:.3f}   (target <= 1.15)")
     return 0
 
 

@@ -16,9 +16,18 @@ from typing import Any
 
 import torch
 
+from seedfed.client.engine.errors import ModelLoadError
 
-class ModelLoadError(RuntimeError):
-    pass
+__all__ = [
+    "BaseModel",
+    "BaseSource",
+    "BaseDescription",
+    "ModelLoadError",
+    "describe_base",
+    "load_base",
+    "open_base",
+    "resolve_device",
+]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -48,21 +57,115 @@ class BaseModel:
 def load_base(reference: str, objective_kind: str, device: torch.device | str = "cpu") -> BaseModel:
     """The base model in float32 (the fixed-point master is derived from these bytes), in eval mode
     (zeroth-order probes must be deterministic: no dropout)."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
-
-    cls = AutoModelForCausalLM if objective_kind == "causal_lm" else AutoModel
     local = os.path.isdir(reference)
     try:
-        module = cls.from_pretrained(reference, dtype=torch.float32, local_files_only=local)
-        tokenizer = AutoTokenizer.from_pretrained(reference, local_files_only=local)
+        module = _model_class(objective_kind).from_pretrained(reference, dtype=torch.float32, local_files_only=local)
+        tokenizer = _load_tokenizer(reference, local)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load model {reference!r}: {exc}") from None
-    if tokenizer.pad_token is None:
-        # Decoders (GPT-2) have no pad token; padding positions are masked out anyway.
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     module.eval()
     module.requires_grad_(False)
     return BaseModel(module.to(device), tokenizer, reference)
+
+
+def _model_class(objective_kind: str):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    return AutoModelForCausalLM if objective_kind == "causal_lm" else AutoModel
+
+
+def _load_tokenizer(reference: str, local: bool):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(reference, local_files_only=local)
+    if tokenizer.pad_token is None:
+        # Decoders (GPT-2) have no pad token; padding positions are masked out anyway.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+@dataclass
+class BaseSource:
+    """A base model ready to fill a master: a directory with safetensors files is read tensor by
+    tensor into a module built without weights (``files`` set); anything else (a .bin checkpoint,
+    a hub id) is loaded whole in float32, as ``load_base`` does (``files`` None)."""
+
+    module: torch.nn.Module
+    tokenizer: Any
+    reference: str
+    files: Any  # seedfed.client.engine.safetensors_io.CheckpointFiles | None
+
+    @property
+    def streamed(self) -> bool:
+        return self.files is not None
+
+    @property
+    def manifest(self):
+        from seedfed.client.engine.manifest import Manifest
+
+        return Manifest.from_module(self.module)
+
+    def load_state(self, task_seed: int, unit_log2: int | None = None, device="cpu", *, pin_memory: bool = False, out=None):
+        """The master W0 (a new FixedPointState on ``device``, or written into ``out``); ``unit_log2``
+        None: chosen from the weights. Raises ModelLoadError naming the file, tensor or memory."""
+        from seedfed.client.engine.loading import stream_state
+        from seedfed.client.engine.memory import require_memory
+        from seedfed.client.engine.state import FixedPointState, StateOverflowError, choose_unit_log2
+
+        if self.files is not None:
+            return stream_state(self.module, self.files, task_seed, unit_log2, device=device, pin_memory=pin_memory, out=out)
+        if unit_log2 is None:
+            try:
+                unit_log2 = choose_unit_log2(self.module)
+            except ValueError as exc:
+                raise ModelLoadError(f"{self.reference}: {exc}") from None
+        total = self.manifest.total
+        if out is None:
+            require_memory(4 * total, torch.device(device), f"the int32 master of {total:,} parameters")
+        try:
+            state = FixedPointState.from_module(self.module, unit_log2, task_seed, device=device if out is None else out.device)
+        except StateOverflowError as exc:
+            raise ModelLoadError(f"{self.reference}: {exc}") from None
+        if out is None:
+            if pin_memory and state.device.type == "cpu":
+                state = FixedPointState(state.flat.pin_memory(), state.manifest, state.unit_log2, state.task_seed)
+            return state
+        if out.manifest != state.manifest or out.unit_log2 != unit_log2:
+            raise ModelLoadError("the state to fill holds another model or unit")
+        out.flat.copy_(state.flat)
+        return out
+
+    def describe(self, task_seed: int, unit_log2: int | None = None) -> BaseDescription:
+        """What a genesis records about this base, from one read of its weights into a host master."""
+        state = self.load_state(task_seed, unit_log2, "cpu")
+        return BaseDescription(state.manifest.digest(), state.digest(), state.unit_log2, state.manifest.total)
+
+
+def open_base(reference: str, objective_kind: str) -> BaseSource:
+    """The base model's module (built without weights where it can be streamed), tokenizer and
+    files, in eval mode and without gradients. Same module class and parameters as ``load_base``."""
+    from seedfed.client.engine.safetensors_io import CheckpointFiles
+
+    files = CheckpointFiles.find(reference) if os.path.isdir(reference) else None
+    if files is None:
+        base = load_base(reference, objective_kind, "cpu")
+        return BaseSource(base.module, base.tokenizer, reference, None)
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(reference, local_files_only=True)
+        tokenizer = _load_tokenizer(reference, True)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load model {reference!r}: {exc}") from None
+    # Parameters on the meta device (no memory), buffers real: rotary tables and position ids are
+    # computed by the constructor, and a checkpoint's persistent buffers replace them on load.
+    with init_empty_weights(include_buffers=False):
+        module = _model_class(objective_kind).from_config(config, dtype=torch.float32)
+    module.tie_weights()  # from_pretrained ties after loading; the manifest counts a tied weight once
+    module.eval()
+    module.requires_grad_(False)
+    return BaseSource(module, tokenizer, reference, files)
 
 
 @dataclass(frozen=True)

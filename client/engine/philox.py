@@ -203,9 +203,11 @@ def _cpu_threads() -> int:
 
 
 @contextlib.contextmanager
-def _cpu_passes(device):
-    """Eager passes on the CPU run on SEEDFED_CPU_THREADS threads too (restored afterwards)."""
-    if torch.device(device).type != "cpu":
+def _cpu_passes(device, enabled: bool = True):
+    """Eager passes on the CPU run on SEEDFED_CPU_THREADS threads too (restored afterwards).
+    Not ``enabled`` where other threads compute meanwhile: torch's thread count is global, and
+    reductions split their work by it, so changing it under them could change their bits."""
+    if not enabled or torch.device(device).type != "cpu":
         yield
         return
     before = torch.get_num_threads()
@@ -347,14 +349,17 @@ def uniforms(
 # -- fused passes over a flat buffer ------------------------------------------------------
 
 
-def sign_chunks(task_seed: int, seed: int, total: int, device, compiled: bool) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """(first element, element count, (4, nb) words) over [0, total), chunk by chunk;
-    the last chunk may end inside a block (count not a multiple of 128)."""
+def sign_chunks(
+    task_seed: int, seed: int, total: int, device, compiled: bool, first_block: int = 0
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(first element, element count, (4, nb) words) over [0, total) of a range that starts at
+    Philox block ``first_block``, chunk by chunk; the last chunk may end inside a block (count not
+    a multiple of 128). Element positions are relative to the range."""
     n_blocks = -(-total // BLOCK_ELEMENTS)
     step = COMPILED_CHUNK_BLOCKS if compiled else EAGER_CHUNK_BLOCKS
     for b0 in range(0, n_blocks, step):
         nb = min(step, n_blocks - b0)
-        words4 = _stream_words4(task_seed, seed, b0, nb, STREAM_SIGNS, device, compiled)
+        words4 = _stream_words4(task_seed, seed, first_block + b0, nb, STREAM_SIGNS, device, compiled)
         start = b0 * BLOCK_ELEMENTS
         yield start, min(nb * BLOCK_ELEMENTS, total - start), words4
 
@@ -386,17 +391,40 @@ def _add_signs_chunks(
 
 
 def write_perturbed_(
-    out: torch.Tensor, flat: torch.Tensor, unit: float, task_seed: int, seed: int, scale: float, *, compiled: bool | None = None
+    out: torch.Tensor,
+    flat: torch.Tensor,
+    unit: float,
+    task_seed: int,
+    seed: int,
+    scale: float,
+    *,
+    first_element: int = 0,
+    compiled: bool | None = None,
+    set_threads: bool = True,
 ) -> None:
-    """out (1-d float) = float32(flat) * unit + scale * z, in one pass."""
+    """out (1-d float) = float32(flat) * unit + scale * z, in one pass. ``flat`` may be a slice of the
+    flat index: its element 0 is element ``first_element`` of the whole model, which takes the sign
+    that position has in the full pass (the slice need not start on a Philox block)."""
     total = flat.numel()
     if compiled is None:
         compiled = compile_wanted(total)
+    if first_element < 0:
+        raise ValueError(f"first_element must be >= 0, got {first_element}")
     unit_t = torch.tensor(unit, dtype=torch.float32, device=flat.device)
     scale_t = torch.tensor(scale, dtype=torch.float32, device=flat.device)
     masks = _bit_masks(flat.device)
-    with _cpu_passes(flat.device):
-        _perturbed_chunks(out, flat, unit_t, task_seed, seed, scale_t, masks, compiled)
+    with _cpu_passes(flat.device, set_threads):
+        # The part-block up to the next block boundary, then whole blocks from there.
+        head = min(-first_element % BLOCK_ELEMENTS, total)
+        if head:
+            skip = first_element % BLOCK_ELEMENTS
+            words4 = _stream_words4(task_seed, seed, first_element // BLOCK_ELEMENTS, 1, STREAM_SIGNS, flat.device, False)
+            step = torch.where(_byte_sign_set(flat.device), -scale_t, scale_t)
+            z_step = _table_gather(words4, step)[skip : skip + head]
+            out[:head].copy_(flat[:head].to(torch.float32) * unit_t + z_step)
+        if total > head:
+            first_block = (first_element + head) // BLOCK_ELEMENTS
+            _perturbed_chunks(out[head:], flat[head:], unit_t, task_seed, seed, scale_t, masks, compiled, first_block)
 
 
 def _perturbed_chunks(
@@ -408,9 +436,10 @@ def _perturbed_chunks(
     scale_t: torch.Tensor,
     masks: torch.Tensor,
     compiled: bool,
+    first_block: int = 0,
 ) -> None:
     total = flat.numel()
-    for start, count, words4 in sign_chunks(task_seed, seed, total, flat.device, compiled):
+    for start, count, words4 in sign_chunks(task_seed, seed, total, flat.device, compiled, first_block):
         full = count // BLOCK_ELEMENTS
         if full:
             sl = slice(start, start + full * BLOCK_ELEMENTS)
@@ -433,14 +462,16 @@ def _perturbed_chunks(
             out[sl].copy_(flat[sl].to(torch.float32) * unit_t + _table_gather(words4[:, full:], step)[:tail])
 
 
-def write_scaled_(out: torch.Tensor, flat: torch.Tensor, unit: float, *, compiled: bool | None = None) -> None:
+def write_scaled_(
+    out: torch.Tensor, flat: torch.Tensor, unit: float, *, compiled: bool | None = None, set_threads: bool = True
+) -> None:
     """out (1-d float) = float32(flat) * unit, in one pass (the compute weights without perturbation)."""
     total = flat.numel()
     if compiled is None:
         compiled = compile_wanted(total)
     unit_t = torch.tensor(unit, dtype=torch.float32, device=flat.device)
     step = (COMPILED_CHUNK_BLOCKS if compiled else EAGER_CHUNK_BLOCKS) * BLOCK_ELEMENTS
-    with _cpu_passes(flat.device):
+    with _cpu_passes(flat.device, set_threads):
         for start in range(0, total, step):
             sl = slice(start, min(start + step, total))
             _run("scaled", _scaled_kernel, compiled, out[sl], flat[sl], unit_t)

@@ -23,9 +23,14 @@ class ProbeResult:
 
 
 def probe(weights: ComputeWeights, seed: int, eps: float, loss_fn: Callable[[], float | torch.Tensor]) -> ProbeResult:
-    """``loss_fn`` runs a forward pass of the bound module on a fixed batch and returns the loss."""
+    """``loss_fn`` runs a forward pass of the bound module on a fixed batch and returns the loss.
+    Weights that can run both passes together (streamed weights with ``dual`` set) do so; the
+    losses are the same either way."""
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps!r}")
+    if getattr(weights, "dual", False):
+        loss_plus, loss_minus = weights.probe_pair(seed, eps, loss_fn)
+        return ProbeResult((loss_plus - loss_minus) / (2.0 * eps), loss_plus, loss_minus)
     try:
         with torch.no_grad():
             weights.perturb(seed, eps)

@@ -43,6 +43,11 @@ def choose_unit_log2(module: torch.nn.Module) -> int:
             if not math.isfinite(m):
                 raise ValueError("the base weights contain NaN or infinity")
             maxabs = max(maxabs, m)
+    return unit_log2_for(maxabs)
+
+
+def unit_log2_for(maxabs: float) -> int:
+    """choose_unit_log2's rule, from the largest |w| of the base weights (computed however they are read)."""
     if maxabs == 0.0:
         return MIN_UNIT_LOG2
     mant, exp = math.frexp(maxabs)  # maxabs = mant * 2**exp, 0.5 <= mant < 1
@@ -265,8 +270,19 @@ class ComputeWeights:
         except ManifestError as exc:
             raise ManifestError(f"cannot bind: {exc}") from None
         buffer = torch.empty(state.manifest.total, dtype=dtype, device=state.device)
+        replaced: dict[int, torch.nn.Parameter] = {}
         for slot in state.manifest.slots:
-            params[slot.name].data = buffer[slot.offset : slot.end].view(slot.shape)
+            p = params[slot.name]
+            view = buffer[slot.offset : slot.end].view(slot.shape)
+            if p.is_meta:  # a module built without weights: new parameters (tensor types differ)
+                replaced[id(p)] = torch.nn.Parameter(view, requires_grad=False)
+            else:
+                p.data = view
+        if replaced:  # every module holding one of them, so tied weights stay tied
+            for m in module.modules():
+                for name, p in list(m._parameters.items()):
+                    if p is not None and id(p) in replaced:
+                        m._parameters[name] = replaced[id(p)]
         module.to(state.device)  # buffers (masks, position ids) follow; parameters are already there
         weights = cls(module, state, buffer)
         weights.refresh()

@@ -184,3 +184,36 @@ def test_failed_compile_falls_back_to_eager_with_a_warning(monkeypatch):
         philox.add_signs_(flat, 1, 2, 4, compiled=True)
     assert flat.tolist() == [4 * z for z in scalar_philox.signs(1, 2, 0, 300)]
     assert philox._compile_broken
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_perturbed_slice_at_any_offset_matches_the_full_pass(compiled, request, monkeypatch):
+    """A slice derived on its own (as streamed weights derive one tensor) takes the signs its
+    elements have in the whole flat index, whatever block it starts and ends in."""
+    if compiled:
+        request.getfixturevalue("compiled_ok")
+    monkeypatch.setattr(philox, "EAGER_CHUNK_BLOCKS", 3)  # several chunks inside one slice
+    total = 5 * 128 * 3 + 45
+    flat = torch.randint(-5000, 5000, (total,), dtype=torch.int32, generator=torch.Generator().manual_seed(3))
+    for dtype in (torch.float32, torch.bfloat16):
+        full = torch.empty(total, dtype=dtype)
+        philox.write_perturbed_(full, flat, 2.0**-14, 11, 12, -3e-3, compiled=compiled)
+        for first, n in [
+            (0, 1),
+            (1, 127),
+            (5, 300),
+            (127, 2),
+            (128, 128),
+            (200, 1000),
+            (640, 1280),
+            (total - 45, 45),
+            (17, total - 17),
+        ]:
+            part = torch.full((n,), float("nan"), dtype=dtype)
+            philox.write_perturbed_(
+                part, flat[first : first + n], 2.0**-14, 11, 12, -3e-3, first_element=first, compiled=compiled
+            )
+            bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
+            assert torch.equal(part.view(bits), full[first : first + n].view(bits)), (dtype, first, n)
+    with pytest.raises(ValueError):
+        philox.write_perturbed_(torch.empty(3), flat[:3], 1.0, 1, 2, 0.5, first_element=-1)

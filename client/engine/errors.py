@@ -1,0 +1,7 @@
+"""The one error a model load raises: it names the file, the tensor or the memory involved."""
+
+from __future__ import annotations
+
+
+class ModelLoadError(RuntimeError):
+    """The base model cannot be loaded as asked (bad files, a tensor that does not fit, too little memory)."""
