@@ -1,4 +1,4 @@
-"""The metrics seam: the engine and the servicer report what happens to an
+"""The metrics seam: each task's rounds and the servicer report what happens to an
 Observer. The default does nothing; a Prometheus observer plugs in here
 (``Coordinator(..., observer=...)``; bytes per RPC belong in a server interceptor) without touching the round logic.
 """

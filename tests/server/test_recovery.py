@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError
 
 from seedfed.server.memory_store import MemoryStore
 from seedfed.shared.wire import reason_of
+from seedfed.v1 import coordinator_pb2 as pb
 
 
 class FlakyStore(MemoryStore):
@@ -78,5 +79,38 @@ def test_a_failed_submission_write_is_unavailable_and_retryable() -> None:
             assert (ok.received, ok.expected) == (1, 1)
             await wait_until_async(lambda: c.head_round == 1, what="the commit")
             task.cancel()
+
+    run(scenario(), 60)
+
+
+def test_a_failed_leave_keeps_the_lease_renewal_it_held_back() -> None:
+    """Leave drops a queued lease renewal before writing (so it cannot revive the
+    lease afterwards); when the write fails, the renewal is queued again."""
+    spec = make_spec(min_clients=2)  # no round opens: only leases change
+
+    class LeaveFails(FlakyStore):
+        def leave_client(self, task_id, client_id, now):  # noqa: ANN001, ANN201
+            raise OperationalError("update", {}, Exception("disk I/O error"))
+
+    store = LeaveFails()
+
+    async def scenario() -> None:
+        async with coordinator(store, [spec], lease_seconds=600.0) as (running, stub):
+            c = client(stub, "c", spec, auto_submit=False)
+            await c.join()
+            joined_lease = store.get_clients(spec.task_id)[0].lease_until
+            await asyncio.sleep(0.05)
+            await stub.Heartbeat(pb.HeartbeatRequest(task_id=spec.task_id, client_id=c.client_id), timeout=5)
+            renewed = running.coordinator.rounds[spec.task_id].clients[c.client_id].lease_until
+            assert renewed > joined_lease
+            try:
+                await stub.Leave(pb.LeaveRequest(task_id=spec.task_id, client_id=c.client_id), timeout=5)
+                raise AssertionError("expected UNAVAILABLE")
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE and reason_of(exc) == "storage"
+            await wait_until_async(
+                lambda: store.get_clients(spec.task_id)[0].lease_until == renewed, what="the renewal to be written"
+            )
+            assert (await stub.Status(pb.StatusRequest(task_id=spec.task_id), timeout=5)).clients_online == 1
 
     run(scenario(), 60)
