@@ -74,7 +74,7 @@ def test_join_floods_get_resource_exhausted(db_url) -> None:  # noqa: ANN001
     run(main())
 
 
-def test_malformed_fields_are_refused_before_the_engine(db_url) -> None:  # noqa: ANN001
+def test_malformed_fields_are_refused_before_the_rounds(db_url) -> None:  # noqa: ANN001
     cases = [
         ("Join", pb.JoinRequest(task_id="sec", name="bad name", base_digest=BASE_DIGEST), "bad-name"),
         ("Join", pb.JoinRequest(task_id="sec", name="ok", base_digest="XYZ"), "bad-digest"),

@@ -1,5 +1,5 @@
-"""A round transition that fails in the store: the engine takes the store's
-state again and goes on; clients miss nothing; failing writes are UNAVAILABLE."""
+"""A round transition that fails in the store: the task's rounds take the store's
+state again and go on; clients miss nothing; failing writes are UNAVAILABLE."""
 
 from __future__ import annotations
 
