@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from seedfed.shared.aggregate import aggregate, clipped_mean, deviations, outlying
@@ -237,3 +237,24 @@ def compute_commit(
     return CommitResult(
         make_record(previous_hash, plan.round, entries), seed_abs, len(submissions), mean_loss, tuple(sorted(left_out)), blind
     )
+
+
+def recompute(
+    spec: TaskSpec, stored: Iterable[CommittedRound], previous_hash: bytes
+) -> Iterator[tuple[CommittedRound, RoundPlan, CommitResult]]:
+    """Replay a stored history from round 1 (or from the round after ``previous_hash``)
+    the way the coordinator ran it, threading the seed statistics and the earlier
+    rounds later rounds read. For each stored round: the plan plan_round gives
+    for its clients and the commit compute_commit gives for its submissions,
+    for the caller to hold against what was stored."""
+    stats: dict[int, tuple[float, int]] = {}
+    history: deque[CommittedRound] = deque(maxlen=history_rounds(spec))
+    for done in stored:
+        plan = plan_round(spec, done.plan.round, done.plan.attempt, done.plan.slots, stats, done.plan.opened_at, tuple(history))
+        result = compute_commit(spec, done.plan, done.submissions, previous_hash, tuple(history))
+        yield done, plan, result
+        for seed, (a, n) in result.seed_abs.items():
+            old = stats.get(seed, (0.0, 0))
+            stats[seed] = (old[0] + a, old[1] + n)
+        history.append(done)
+        previous_hash = result.record.hash
