@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from seedfed.shared.taskspec import Objective, TaskSpec, TaskSpecError
+from seedfed.shared.taskspec import AGGREGATIONS, SCALE_RULES, Objective, TaskSpec, TaskSpecError
 
 # genesis fields `init` takes from its own options or computes; --set may override the rest
 _COMPUTED = {"task_id", "base_model", "base_digest", "manifest_digest", "objective", "generator"}
@@ -56,7 +56,27 @@ def _parse_set(pairs: tuple[str, ...]) -> dict[str, object]:
 @click.option("--batch-size", type=int, default=None)
 @click.option("--min-clients", type=int, default=None)
 @click.option("--round-deadline", "round_deadline_s", type=float, default=None, help="Seconds.")
-@click.option("--aggregation", type=click.Choice(["mean", "median", "trimmed_mean"]), default=None)
+@click.option(
+    "--aggregation",
+    type=click.Choice(AGGREGATIONS),
+    default=None,
+    help="How a seed's scalars combine (default mean). screened_mean leaves out clients whose scalars are outlying "
+    "over recent rounds and clips the rest; it holds against a minority under zeroth-order noise (docs/security.md).",
+)
+@click.option("--trim-fraction", type=float, default=None, help="trimmed_mean: the fraction cut from each end.")
+@click.option(
+    "--byzantine-clients",
+    type=int,
+    default=None,
+    help="Faulty clients the aggregation must outvote in a round of --min-clients; a rule that cannot is refused.",
+)
+@click.option(
+    "--scale-rule",
+    type=click.Choice(SCALE_RULES),
+    default=None,
+    help="The one-byte scale of the scalars: fixed, or adaptive (follows their spread round by round; "
+    "the default with screened_mean).",
+)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other genesis field, e.g. --set digest_every=1.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="task.toml", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
@@ -81,6 +101,8 @@ def init_task(
         )
     fields: dict[str, object] = {k: v for k, v in overrides.items() if v is not None}
     fields.update(_parse_set(sets))
+    if fields.get("aggregation") == "screened_mean":
+        fields.setdefault("scale_rule", "adaptive")  # screening needs unsaturated bytes
     obj = Objective(
         kind=objective, labels=label_list if objective == "classification" else (), template=template, max_length=max_length
     )

@@ -1,0 +1,54 @@
+"""``seedfed init`` sets the aggregation against a faulty minority, and refuses
+a rule that cannot outvote the minority it is told to expect."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from seedfed.client.cli import init_task
+from seedfed.shared.taskspec import TaskSpec
+
+
+def init(bert_dir, out, *args: str):  # noqa: ANN001, ANN201
+    base = ["--model", str(bert_dir), "--task-id", "robust", "--labels", "negative,positive", "--task-seed", "3", "-o", str(out)]
+    return CliRunner().invoke(init_task, [*base, *args])
+
+
+def test_trim_fraction_below_the_minority_is_refused_naming_both(tmp_path, engine, bert_dir) -> None:  # noqa: ANN001
+    out = tmp_path / "task.toml"
+    r = init(
+        bert_dir, out, "--aggregation", "trimmed_mean", "--trim-fraction", "0.2", "--byzantine-clients", "2", "--min-clients", "6"
+    )
+    assert r.exit_code != 0
+    assert "trim_fraction 0.2" in r.output and "byzantine_clients 2" in r.output and "2/6" in r.output, r.output
+    assert not out.exists()
+    r = init(
+        bert_dir,
+        out,
+        "--aggregation",
+        "trimmed_mean",
+        "--trim-fraction",
+        "0.34",
+        "--byzantine-clients",
+        "2",
+        "--min-clients",
+        "6",
+    )
+    assert r.exit_code == 0, r.output
+    spec = TaskSpec.load_toml(out)
+    assert (spec.aggregation, spec.trim_fraction, spec.byzantine_clients, spec.min_clients) == ("trimmed_mean", 0.34, 2, 6)
+
+
+def test_mean_with_a_faulty_minority_is_refused(tmp_path, engine, bert_dir) -> None:  # noqa: ANN001
+    r = init(bert_dir, tmp_path / "t.toml", "--byzantine-clients", "1", "--min-clients", "4")
+    assert r.exit_code != 0 and "mean tolerates no faulty client" in r.output, r.output
+
+
+def test_screened_mean_takes_the_adaptive_scale(tmp_path, engine, bert_dir) -> None:  # noqa: ANN001
+    out = tmp_path / "task.toml"
+    r = init(bert_dir, out, "--aggregation", "screened_mean", "--byzantine-clients", "2", "--min-clients", "6")
+    assert r.exit_code == 0, r.output
+    spec = TaskSpec.load_toml(out)
+    assert (spec.aggregation, spec.scale_rule, spec.byzantine_clients) == ("screened_mean", "adaptive", 2)
+    r = init(bert_dir, out, "--force", "--aggregation", "screened_mean", "--scale-rule", "fixed")
+    assert r.exit_code != 0 and "scale_rule adaptive" in r.output, r.output
