@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import random
+import re
 from pathlib import Path
 
 POSITIVE = [
@@ -59,6 +60,7 @@ TEMPLATES = [
     "what a {a} experience ; {s} is {a2} .",
 ]
 LABEL_NAMES = ("negative", "positive")
+_CELL_BREAKS = re.compile(r"[\t\r\n]+")
 
 
 def make_examples(n: int, seed: int = 0) -> list[tuple[str, int]]:
@@ -74,9 +76,12 @@ def make_examples(n: int, seed: int = 0) -> list[tuple[str, int]]:
 
 
 def write_tsv(path: str | Path, rows: list[tuple[str, int]]) -> None:
+    """``sentence<TAB>label`` rows as the client's reader reads them: quote characters are
+    literal there (SST-2 style, no CSV quoting), so none is added, and the tabs and line
+    breaks a cell cannot hold become spaces."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE, quotechar=None)
         w.writerow(["sentence", "label"])
-        w.writerows(rows)
+        w.writerows((_CELL_BREAKS.sub(" ", text), label) for text, label in rows)
