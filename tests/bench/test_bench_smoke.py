@@ -15,6 +15,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 # benchmark script -> the ratio line its smoke run must print
 RATIO_LINES = {
+    "byzantine.py": r"^ratio screened_mean / mean attacker pull, 2 x \+127: \d+\.\d+",
     "catchup.py": r"^ratio folded catch-up, \d+ / \d+ missed rounds: \d+\.\d+x",
     "coordinator_load.py": r"^ratio bytes per client per round / FedKSeed's: \d+\.\d+",
     "probe.py": r"^ratio probe / two forwards: \d+\.\d+",
