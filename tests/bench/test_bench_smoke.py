@@ -18,6 +18,7 @@ RATIO_LINES = {
     "byzantine.py": r"^ratio screened_mean / mean attacker pull, 2 x \+127: \d+\.\d+",
     "catchup.py": r"^ratio folded catch-up, \d+ / \d+ missed rounds: \d+\.\d+x",
     "coordinator_load.py": r"^ratio bytes per client per round / FedKSeed's: \d+\.\d+",
+    "memory.py": r"^ratio client / MeZO peak RSS: \d+\.\d+x",
     "probe.py": r"^ratio probe / two forwards: \d+\.\d+",
     "quality_sst2.py": r"^ratio seedfed, \d+ clients / mezo, final dev accuracy: \d+\.\d+",
     "replay.py": r"^ratio seedfed \(eager\) vs \(a\): +\d+\.\d+x",
