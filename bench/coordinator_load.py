@@ -1,7 +1,7 @@
 """Coordinator load: torch-free clients over real gRPC on loopback.
 
 For each backend (SQLite, PostgreSQL) and client count (10, 100, 1,000) this
-starts the coordinator as its own process (`python -m seedfed.server`), joins
+starts the coordinator as its own process (`seedfed coordinator`), joins
 N scripted clients from this process (one asyncio loop, a few channels, one
 Sync stream per client), runs rounds with K=4096 and 200 local steps, and
 prints:
