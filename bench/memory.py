@@ -17,6 +17,8 @@ One run:
      and ``seedfed client --compute-dtype bfloat16 --until-round 2
      --checkpoint-every 1``: it joins, probes, submits, applies two committed
      rounds and checkpoints after each (a full checkpoint, then a delta);
+   - the same client started again: it restores that checkpoint in place,
+     finds itself at the head and leaves;
    - ``seedfed export`` of the head round, whose digest must equal the
      client's;
 3. prints each process's peak RSS, bytes per parameter and ratio to MeZO.
@@ -285,6 +287,11 @@ def read_events(path: Path) -> list[dict]:
     return out
 
 
+def _startup(events: list[dict]) -> float:
+    start = next(e["t"] for e in events if e["event"] == "start")
+    return next(e["t"] for e in events if e["event"] == "resumed") - start
+
+
 def run(args, shape: dict, workdir: Path) -> dict:
     threads = args.threads
     data = write_dolly(workdir / "dolly.jsonl")
@@ -358,33 +365,40 @@ def run(args, shape: dict, workdir: Path) -> dict:
     db = f"sqlite:///{workdir / 'coordinator.db'}"
     coordinator = start_coordinator(db, workdir / "coordinator.log", task_file=task, timeout=120)
     coord_started = time.monotonic()
-    events = workdir / "client.events.jsonl"
     cache = workdir / "cache"
-    client_cmd = seedfed(
-        "client",
-        "--coordinator",
-        coordinator.address,
-        "--insecure",
-        "--task",
-        TASK_ID,
-        "--data",
-        str(data),
-        "--cache",
-        str(cache),
-        "--name",
-        "bench",
-        "--compute-dtype",
-        "bfloat16",
-        "--until-round",
-        "2",
-        "--checkpoint-every",
-        "1",
-        "--events",
-        str(events),
-        "--quiet",
-    )
+
+    def client_cmd(events: Path) -> list[str]:
+        return seedfed(
+            "client",
+            "--coordinator",
+            coordinator.address,
+            "--insecure",
+            "--task",
+            TASK_ID,
+            "--data",
+            str(data),
+            "--cache",
+            str(cache),
+            "--name",
+            "bench",
+            "--compute-dtype",
+            "bfloat16",
+            "--until-round",
+            "2",
+            "--checkpoint-every",
+            "1",
+            "--events",
+            str(events),
+            "--quiet",
+        )
+
+    events, resume_events = workdir / "client.events.jsonl", workdir / "resume.events.jsonl"
     try:
-        rows["client"] = run_measured("client", client_cmd, workdir, threads, args.timeout, beside=coordinator.popen)
+        rows["client"] = run_measured("client", client_cmd(events), workdir, threads, args.timeout, beside=coordinator.popen)
+        # the same client started again: it restores its checkpoint (full + delta) in place
+        rows["resume"] = run_measured(
+            "resume", client_cmd(resume_events), workdir, threads, args.timeout, beside=coordinator.popen
+        )
     finally:
         if coordinator.popen.returncode is None:
             coordinator.popen.send_signal(signal.SIGTERM)
@@ -397,6 +411,13 @@ def run(args, shape: dict, workdir: Path) -> dict:
         raise SystemExit(f"the client did not work and apply two rounds: {stopped}, {len(submitted)} submissions")
     probes = " / ".join(f"{e['seconds']:.1f} s" for e in submitted)
     print(f"  client: {rows['client'].seconds:.0f} s, {len(submitted)} submissions, probe {probes}", flush=True)
+    again = read_events(resume_events)
+    resumed = next(e for e in again if e["event"] == "resumed")
+    if (resumed["source"], resumed["round"]) != ("checkpoint", 2) or again[-1].get("digest") != stopped["digest"]:
+        raise SystemExit(f"the restarted client did not resume from its round-2 checkpoint: {resumed}, {again[-1]}")
+    # restore time: start-up to "resumed" of the restart, less that of the first start (the same base load)
+    restore_s = max(_startup(again) - _startup(evs), 0.0)
+    print(f"  resume: {rows['resume'].seconds:.0f} s, restore of the checkpoint about {restore_s:.1f} s", flush=True)
     export_dir = workdir / "export"
     rows["export"] = run_measured(
         "export", seedfed("export", "--db", db, "--task", TASK_ID, "-o", str(export_dir)), workdir, threads, args.timeout
@@ -410,6 +431,7 @@ def run(args, shape: dict, workdir: Path) -> dict:
         "client_digest": stopped["digest"],
         "export_digest": exported,
         "checkpoints": checkpoints,
+        "restore_seconds": restore_s,
         "cache_bytes": sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()),
         "mezo": mezo_info,
     }
@@ -422,12 +444,13 @@ def report(result: dict) -> tuple[list[dict], bool]:
         "mezo": "MeZO-style step (bf16 load, perturb in place, 2 forwards)",
         "init": "seedfed init",
         "client": "seedfed client (join, probe, submit, 2 rounds, checkpoints)",
+        "resume": "seedfed client restarted (restores its checkpoint, leaves)",
         "export": "seedfed export",
         "coordinator": "seedfed coordinator (SQLite)",
     }
     table = []
     print(f"\n{'process':<62} {'peak RSS':>10} {'B/param':>8} {'vs MeZO':>8} {'seconds':>8}")
-    for key in ("mezo", "init", "client", "export", "coordinator"):
+    for key in ("mezo", "init", "client", "resume", "export", "coordinator"):
         m = rows[key]
         rss = m.maxrss_kb * 1024
         row = {
@@ -453,6 +476,7 @@ def report(result: dict) -> tuple[list[dict], bool]:
             f"checkpoint after round {e['round']}: {e.get('kind', '?')}, {e.get('bytes', 0):,} bytes, "
             f"{e.get('seconds', float('nan')):.2f} s"
         )
+    print(f"restore of the newest checkpoint (full + delta, verified): about {result['restore_seconds']:.1f} s")
     same = result["client_digest"] == result["export_digest"]
     print(
         f"client digest {result['client_digest']}\nexport digest {result['export_digest']} ({'equal' if same else 'DIFFERENT'})"
