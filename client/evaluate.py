@@ -1,4 +1,5 @@
-"""``seedfed eval``: accuracy (classification) or loss of a model on a data file.
+"""``seedfed eval``: loss of a model on a data file, with accuracy (classification)
+or Rouge-L of greedy generations against the references (causal_lm).
 
 The model is either a directory (an export, or any base) evaluated with a
 task's objective, or a task rebuilt at a round from its ledger.
@@ -15,25 +16,45 @@ import click
 from seedfed.shared.ledger import LedgerError
 from seedfed.shared.taskspec import TaskSpec
 
+MAX_NEW_TOKENS = 64  # the default bound on a generated response (causal_lm)
+
 
 @dataclass(frozen=True)
 class EvalResult:
     examples: int
     loss: float
     accuracy: float | None  # None for causal language modelling
+    rouge_l: float | None = None  # causal language modelling: mean Rouge-L of greedy generations
+    generations: tuple[str, ...] = ()  # the generated responses, in example order
+    rouge_l_scores: tuple[float, ...] = ()  # each generation's Rouge-L against its reference
 
 
-def evaluate_module(spec: TaskSpec, module, tokenizer, data_path: str | Path, device: str = "cpu", limit: int = 0) -> EvalResult:
+def evaluate_module(
+    spec: TaskSpec,
+    module,
+    tokenizer,
+    data_path: str | Path,
+    device: str = "cpu",
+    limit: int = 0,
+    max_new_tokens: int | None = None,
+) -> EvalResult:
+    """Loss, and accuracy or Rouge-L; ``max_new_tokens`` bounds each generated response
+    (default ``MAX_NEW_TOKENS``; 0: no generation, no Rouge-L)."""
     from seedfed.client.data import read_examples
-    from seedfed.client.objectives import accuracy, build_objective, mean_loss
+    from seedfed.client.objectives import accuracy, build_objective, mean_loss, rouge_l
 
     examples = read_examples(data_path, spec.objective.kind, spec.objective.labels)
     if limit:
         examples = examples[:limit]
     objective = build_objective(spec.objective, module, tokenizer, device)
     loss = mean_loss(objective, examples)
-    acc = accuracy(objective, examples) if spec.objective.kind == "classification" else None
-    return EvalResult(len(examples), loss, acc)
+    if spec.objective.kind == "classification":
+        return EvalResult(len(examples), loss, accuracy(objective, examples))
+    new_tokens = MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
+    if new_tokens == 0:
+        return EvalResult(len(examples), loss, None)
+    generated = rouge_l(objective, examples, new_tokens)
+    return EvalResult(len(examples), loss, None, generated.rouge_l, generated.texts, generated.scores)
 
 
 @click.command("eval")
@@ -72,11 +93,19 @@ def evaluate_module(spec: TaskSpec, module, tokenizer, data_path: str | Path, de
 @click.option("--base", "base_ref", default=None, help="base model of the task (default: the genesis's base_model)")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--limit", type=click.IntRange(min=0), default=0, help="evaluate only the first N examples")
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(0, 4096),
+    default=MAX_NEW_TOKENS,
+    show_default=True,
+    help="causal_lm: tokens generated greedily per prompt for Rouge-L (0: loss only)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def eval_command(
-    data_path, model_dir, task_file, db_url, task_id, ledger_file, to_round, base_ref, device, limit, as_json
+    data_path, model_dir, task_file, db_url, task_id, ledger_file, to_round, base_ref, device, limit, max_new_tokens, as_json
 ) -> None:
-    """Accuracy or loss of a model directory, or of a task at a round, on a data file."""
+    """Loss and accuracy (classification) or Rouge-L (causal_lm) of a model directory, or of a
+    task at a round, on a data file."""
     from transformers.utils import logging as hf_logging
 
     from seedfed.client.data import DataError
@@ -97,14 +126,16 @@ def eval_command(
             spec, records = load_history(db_url, task_id, ledger_file)
             rebuilt = rebuild(spec, records, base_ref, to_round, device)
             module, tokenizer, where = rebuilt.module, rebuilt.tokenizer, f"task {spec.task_id} round {rebuilt.replica.round}"
-        result = evaluate_module(spec, module, tokenizer, data_path, device, limit)
+        result = evaluate_module(spec, module, tokenizer, data_path, device, limit, max_new_tokens)
     except (DataError, LedgerError, DatabaseError, ExportError, ModelLoadError, BaseDigestMismatch) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        click.echo(json.dumps({"model": where, "examples": result.examples, "loss": result.loss, "accuracy": result.accuracy}))
+        fields = {"model": where, "examples": result.examples, "loss": result.loss, "accuracy": result.accuracy}
+        click.echo(json.dumps(fields | {"rouge_l": result.rouge_l}))
         return
     acc = f", accuracy {100 * result.accuracy:.2f}%" if result.accuracy is not None else ""
-    click.echo(f"{where}: {result.examples} examples, loss {result.loss:.4f}{acc}")
+    rouge = f", Rouge-L {result.rouge_l:.4f} (at most {max_new_tokens} new tokens)" if result.rouge_l is not None else ""
+    click.echo(f"{where}: {result.examples} examples, loss {result.loss:.4f}{acc}{rouge}")
 
 
 def _spec_for_model_dir(
