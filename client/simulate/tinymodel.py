@@ -129,3 +129,10 @@ def save_tiny_model(directory: str | Path, arch: str, texts: Iterable[str], seed
 def build_tiny_encoder(directory: str | Path, texts: Iterable[str], hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
     """The demo's base when no pretrained model is installed: a BERT over the words of ``texts``."""
     return save_tiny_model(directory, "bert", texts, seed=seed, hidden=hidden, layers=layers, positions=128)
+
+
+def build_tiny_causal_lm(
+    directory: str | Path, texts: Iterable[str], hidden: int = 64, layers: int = 2, positions: int = 256, seed: int = 0
+) -> Path:
+    """A simulation's causal-LM base when no model is given: a Llama over the words of ``texts``."""
+    return save_tiny_model(directory, "llama", texts, seed=seed, hidden=hidden, layers=layers, positions=positions)

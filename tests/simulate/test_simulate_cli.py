@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import random
 import subprocess
 from pathlib import Path
 
 import pytest
+from rouge_score import rouge_scorer
 
+from seedfed.client.history import load_history
 from seedfed.client.simulate.processes import seedfed_command
-from seedfed.client.simulate.sample_data import LABEL_NAMES, make_examples
+from seedfed.client.simulate.sample_data import LABEL_NAMES, make_examples, make_instructions, write_jsonl
 from seedfed.client.simulate.tinymodel import build_tiny_encoder
 from seedfed.shared.ledger import read_ledger_file
 from seedfed.shared.taskspec import TaskSpec
+
+TOPICS = {
+    "World": ["election", "minister", "border", "treaty", "embassy", "parliament"],
+    "Sports": ["match", "goal", "coach", "league", "stadium", "striker"],
+    "Business": ["shares", "profit", "merger", "market", "investor", "bank"],
+    "Science": ["telescope", "genome", "physics", "laboratory", "vaccine", "planet"],
+}
+FOUR_LABELS = "sports,world,science,business"  # not the data's order: the genesis must follow --labels
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +98,122 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
     assert r.returncode != 0 and "--clients" in r.stderr
     r = seedfed("simulate", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "y"), "--prepare-only")
     assert r.returncode != 0 and "not a local model directory" in r.stderr
+    assert not (tmp_path / "y").exists()
+
+
+def write_four_class_csv(path: Path, n: int, seed: int = 0) -> Path:
+    """News-like sentences of 4 topics, labelled by topic name, as CSV."""
+    rng = random.Random(seed)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        for _ in range(n):
+            topic = rng.choice(sorted(TOPICS))
+            a, b = rng.sample(TOPICS[topic], 2)
+            w.writerow([f"news : the {a} and the {b} , reported today", topic])
+    return path
+
+
+@pytest.fixture(scope="module")
+def four_class(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("news")
+    data = write_four_class_csv(root / "news.csv", 180)
+    texts = [row["text"] for row in csv.DictReader(open(data, encoding="utf-8"))] + [lab.lower() for lab in TOPICS]
+    return data, build_tiny_encoder(root / "model", texts, hidden=32)
+
+
+def test_simulate_runs_a_four_class_task_from_a_labelled_file(tmp_path: Path, four_class: tuple[Path, Path]) -> None:
+    data, model = four_class
+    out = tmp_path / "news"
+    r = seedfed(
+        "simulate", "--data", str(data), "--labels", FOUR_LABELS, "--template", "news about {label}",
+        "--clients", "2", "--rounds", "3", "--split", "dirichlet", "--model", str(model), "--out", str(out), "--timeout", "500",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    spec, records = load_history(f"sqlite:///{out / 'coordinator.db'}", "demo", None)
+    assert spec.objective.kind == "classification"
+    assert spec.objective.labels == ("sports", "world", "science", "business")
+    assert spec.objective.template == "news about {label}"
+    assert len(records) == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["labels"] == ["sports", "world", "science", "business"]
+    assert {c["digest"] for c in summary["clients"]} == {summary["digest"]} and summary["digest"]
+    assert 0.0 <= summary["accuracy_before"] <= 1.0 and 0.0 <= summary["accuracy_after"] <= 1.0
+    assert summary["rouge_l_after"] is None
+    assert "accuracy" in r.stdout and "every client holds the exported model's digest" in r.stdout
+    # the shares carry every label of the file, as indices into the genesis's labels
+    shares = [out / "data" / f"client-{i}.tsv" for i in range(2)] + [out / "data" / "eval.tsv"]
+    labels = {line.rsplit("\t", 1)[1] for f in shares for line in f.read_text().splitlines()[1:]}
+    assert labels == {"0", "1", "2", "3"}
+
+
+def test_label_names_come_from_the_data_when_not_given(tmp_path: Path, four_class: tuple[Path, Path]) -> None:
+    data, model = four_class
+    out = tmp_path / "named"
+    r = seedfed("simulate", "--prepare-only", "--data", str(data), "--clients", "2", "--model", str(model), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    spec = TaskSpec.load_toml(out / "task.toml")
+    assert spec.objective.labels == ("Business", "Science", "Sports", "World")  # sorted ignoring case
+    assert spec.objective.template == "{label}" and spec.objective.max_length == 64
+    assert "labels: Business, Science, Sports, World" in r.stdout
+
+
+def test_simulate_runs_causal_lm_on_instructions_and_reports_rouge_l(tmp_path: Path) -> None:
+    dolly = tmp_path / "dolly.jsonl"
+    write_jsonl(dolly, [r | {"category": "open_qa"} for r in make_instructions(72, seed=3)])
+    out = tmp_path / "lm"
+    r = seedfed(
+        "simulate", "--objective", "causal_lm", "--data", str(dolly), "--clients", "2", "--rounds", "3",
+        "--max-new-tokens", "8", "--out", str(out), "--timeout", "500",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Rouge-L" in r.stdout and "every client holds the exported model's digest" in r.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["objective"] == "causal_lm" and summary["rounds"] == 3 and summary["eval_examples"] == 12
+    assert {c["digest"] for c in summary["clients"]} == {summary["digest"]}
+    assert summary["accuracy_after"] is None and summary["max_new_tokens"] == 8
+    spec = TaskSpec.load_toml(out / "task.toml")
+    assert spec.objective.kind == "causal_lm" and "llama" in (out / "model" / "config.json").read_text()
+
+    # the reported Rouge-L is the mean over real generations of the held-out prompts
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    held_out = [json.loads(line) for line in (out / "data" / "eval.jsonl").read_text().splitlines()]
+    assert [row["reference"] for row in rows] == [h["response"] for h in held_out] and len(rows) == 12
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    for when in ("before", "after"):
+        scores = [scorer.score(row["reference"], row[when])["rougeL"].fmeasure for row in rows]
+        assert summary[f"rouge_l_{when}"] == pytest.approx(sum(scores) / len(scores))
+        assert 0.0 <= summary[f"rouge_l_{when}"] <= 1.0
+        assert any(row[when] for row in rows)
+
+    # seedfed eval of the export gives the same Rouge-L
+    ev = seedfed(
+        "eval", "--model", str(out / "export"), "--task-file", str(out / "task.toml"), "--data", str(out / "data" / "eval.jsonl"),
+        "--max-new-tokens", "8", "--json",
+    )  # fmt: skip
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads(ev.stdout)
+    assert result["rouge_l"] == pytest.approx(summary["rouge_l_after"]) and result["accuracy"] is None
+    assert result["loss"] == pytest.approx(summary["eval_loss_after"], rel=1e-4)
+
+
+def test_data_the_task_cannot_use_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
+    news = write_four_class_csv(tmp_path / "news.csv", 40)
+    one = tmp_path / "one.tsv"
+    one.write_text("sentence\tlabel\nfine\tpositive\ngood\tpositive\n")
+    dolly = tmp_path / "dolly.jsonl"
+    write_jsonl(dolly, make_instructions(12))
+    cases = [
+        (["--data", str(news), "--labels", "world,sports,business"], "label 'Science' is neither an index nor one of"),
+        (["--data", str(one)], "every example has the label 'positive'"),
+        (["--data", str(one), "--labels", "negative,positive"], "every example has the label 'positive'"),
+        (["--objective", "regression"], "Invalid value for '--objective'"),
+        (["--objective", "causal_lm", "--data", str(dolly), "--labels", "a,b"], "a causal_lm task has none"),
+        (["--objective", "causal_lm", "--data", str(dolly), "--split", "dirichlet"], "use --split iid"),
+        (["--data", str(news), "--template", "a story"], "must contain {label}"),
+    ]
+    for i, (args, message) in enumerate(cases):
+        out = tmp_path / f"out-{i}"
+        r = seedfed("simulate", "--prepare-only", "--out", str(out), *args)
+        assert r.returncode != 0 and message in r.stderr, (args, r.stderr)
+        assert not out.exists(), args
