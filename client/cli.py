@@ -137,6 +137,22 @@ def init_task(
 )
 @click.option("--compute-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True)
 @click.option(
+    "--weights",
+    type=click.Choice(["auto", "resident", "streamed"]),
+    default="auto",
+    show_default=True,
+    help="Compute weights: one resident float buffer, or streamed (each block derived from the master as it runs; "
+    "no full float copy). auto: resident when the buffer takes under a quarter of the free memory.",
+)
+@click.option(
+    "--master",
+    type=click.Choice(["auto", "device", "host"]),
+    default="auto",
+    show_default=True,
+    help="With a GPU: keep the int32 master on the device, or in pinned host memory with blocks copied to the "
+    "device as they run (a model larger than the device). auto: the device when it fits comfortably.",
+)
+@click.option(
     "--checkpoint-every", type=int, default=10, show_default=True, help="Rounds between local checkpoints (and one on exit)."
 )
 @click.option("--data-seed", type=int, default=None, help="Seed of the local minibatch sampler (default: derived from the name).")
@@ -166,6 +182,8 @@ def client(
     model,
     name,
     compute_dtype,
+    weights,
+    master,
     checkpoint_every,
     data_seed,
     until_round,
@@ -215,6 +233,8 @@ def client(
             model=model,
             name=name,
             compute_dtype=compute_dtype,
+            weights=weights,
+            master=master,
             checkpoint_every=checkpoint_every,
             data_seed=data_seed,
             until_round=until_round,

@@ -23,7 +23,7 @@ import grpc
 from seedfed.client.checkpoints import CheckpointStore
 from seedfed.client.connection import Backoff, ChannelConfig, is_retryable, open_channel
 from seedfed.client.data import MinibatchSampler, read_examples
-from seedfed.client.model import load_base, resolve_device
+from seedfed.client.model import open_base, resolve_device
 from seedfed.client.objectives import build_objective
 from seedfed.client.progress import Reporter
 from seedfed.client.replica import Replica
@@ -59,6 +59,8 @@ class ClientConfig:
     model: str | None = None  # default: the genesis's base_model
     name: str | None = None  # stable device name; default: derived from the cache directory
     compute_dtype: str = "float32"
+    weights: str = "auto"  # resident | streamed | auto (resident when the float buffer fits comfortably)
+    master: str = "auto"  # on a GPU: device | host (pinned, blocks streamed to the device) | auto
     checkpoint_every: int = 10
     data_seed: int | None = None  # the local minibatch RNG; default derived from the name
     until_round: int | None = None  # leave cleanly after applying this round
@@ -185,16 +187,21 @@ class ClientDaemon:
             raise ClientError(f"bad genesis from the coordinator: {exc}") from None
 
     def _prepare(self, device) -> None:
-        """Load the base, check its digest, resume from the newest verified checkpoint, bind compute weights."""
+        """Load the base (streamed into the master where it can be), check its digest, resume from
+        the newest verified checkpoint, bind compute weights in the layout that fits."""
         import torch
 
-        from seedfed.client.engine.state import ComputeWeights
+        from seedfed.client.engine.memory import plan_layout
+        from seedfed.client.engine.weights import bind_weights
 
         spec, cfg = self.spec, self.config
         examples = read_examples(cfg.data, spec.objective.kind, spec.objective.labels)
         reference = cfg.model or spec.base_model
-        base = load_base(reference, spec.objective.kind, device)
-        replica = Replica.from_base(spec, base.module, device)  # raises BaseDigestMismatch
+        base = open_base(reference, spec.objective.kind)
+        layout = plan_layout(base.manifest.total, device, getattr(torch, cfg.compute_dtype), cfg.weights, cfg.master)
+        state = base.load_state(spec.task_seed, spec.unit_log2, layout.master_device, pin_memory=layout.pin)
+        replica = Replica.from_state(spec, state)  # raises BaseDigestMismatch
+        self.base = base
         self.store = CheckpointStore(cfg.cache, spec)
         if self.store.restore(replica):  # in place: no second copy of the state
             self._event("resumed", source="checkpoint", round=replica.round)
@@ -202,13 +209,20 @@ class ClientDaemon:
             self._event("resumed", source="base", round=0)
         self.replica = replica
         self.module = base.module
-        self.weights = ComputeWeights.bind(base.module, replica.state, dtype=getattr(torch, cfg.compute_dtype))
+        self.weights = bind_weights(base.module, replica.state, layout)
         objective = build_objective(spec.objective, base.module, base.tokenizer, device)
         seed = (
             cfg.data_seed if cfg.data_seed is not None else int.from_bytes(hashlib.sha256(self.name.encode()).digest()[:4], "big")
         )
         self.prober = Prober(replica, self.weights, objective, MinibatchSampler(examples, spec.batch_size, seed))
-        self._event("ready", examples=len(examples), parameters=int(replica.state.manifest.total), digest=replica.digest())
+        self._event(
+            "ready",
+            examples=len(examples),
+            parameters=int(replica.state.manifest.total),
+            digest=replica.digest(),
+            weights=layout.weights,
+            master=str(layout.master_device),
+        )
 
     # -- a session ----------------------------------------------------------------------
     def _join(self, stub) -> pb.JoinResponse:
@@ -246,11 +260,11 @@ class ClientDaemon:
 
     def _reset(self, source: Replica | None) -> None:
         """Move the replica in place to ``source`` (None: the base weights)."""
-        if source is None:
-            base = load_base(self.config.model or self.spec.base_model, self.spec.objective.kind, "cpu")
-            source = Replica.from_base(self.spec, base.module, "cpu")
-            del base
-        self.replica.reset_to(source)
+        if source is None:  # the base read again into the master in place: no second copy
+            spec = self.spec
+            self.replica.rebase(lambda state: self.base.load_state(spec.task_seed, spec.unit_log2, out=state))
+        else:
+            self.replica.reset_to(source)
         self.weights.refresh()
 
     def _session(self, stub, backoff: Backoff) -> None:

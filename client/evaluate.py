@@ -57,6 +57,28 @@ def evaluate_module(
     return EvalResult(len(examples), loss, None, generated.rouge_l, generated.texts, generated.scores)
 
 
+def model_for_eval(model_dir: str, objective_kind: str, device: str = "cpu", unit_log2: int | None = None, weights: str = "auto"):
+    """A model directory ready to compute: read tensor by tensor into an int32 master, at the
+    task's unit ``unit_log2`` when every weight fits it (then an export of the task computes with
+    exactly the weights the task's replicas use), else at the unit its weights call for; compute
+    weights in the layout that fits. Returns (module, tokenizer)."""
+    import torch
+
+    from seedfed.client.engine.errors import UnitRangeError
+    from seedfed.client.engine.memory import plan_layout
+    from seedfed.client.engine.weights import bind_weights
+    from seedfed.client.model import open_base, resolve_device
+
+    base = open_base(model_dir, objective_kind)
+    layout = plan_layout(base.manifest.total, resolve_device(device), torch.float32, weights)
+    try:
+        state = base.load_state(0, unit_log2, layout.master_device, pin_memory=layout.pin)
+    except UnitRangeError:
+        state = base.load_state(0, None, layout.master_device, pin_memory=layout.pin)
+    bind_weights(base.module, state, layout)
+    return base.module, base.tokenizer
+
+
 @click.command("eval")
 @click.option(
     "--data",
@@ -111,7 +133,7 @@ def eval_command(
     from seedfed.client.data import DataError
     from seedfed.client.export import ExportError, rebuild
     from seedfed.client.history import DatabaseError, load_history
-    from seedfed.client.model import ModelLoadError, load_base
+    from seedfed.client.model import ModelLoadError
     from seedfed.client.replica import BaseDigestMismatch
 
     if model_dir and to_round is not None:
@@ -120,8 +142,8 @@ def eval_command(
     try:
         if model_dir:
             spec = _spec_for_model_dir(model_dir, task_file, db_url, task_id, ledger_file)
-            base = load_base(model_dir, spec.objective.kind, device)
-            module, tokenizer, where = base.module, base.tokenizer, model_dir
+            module, tokenizer = model_for_eval(model_dir, spec.objective.kind, device, spec.unit_log2)
+            where = model_dir
         else:
             spec, records = load_history(db_url, task_id, ledger_file)
             rebuilt = rebuild(spec, records, base_ref, to_round, device)

@@ -3,12 +3,15 @@
 The rebuild is the same as a client's catch-up (verified chain, folded per
 seed when the pool is finite), so the digest printed here is the digest
 every client reports for that round. The directory holds float32 weights
-derived from the fixed-point state (safetensors), the tokenizer, and
-``seedfed.json`` naming the task, round, ledger hash and state digest.
+derived from the fixed-point state (safetensors, written tensor by tensor
+from the master: no float copy of the model is ever held), the config, the
+tokenizer, and ``seedfed.json`` naming the task, round, ledger hash and
+state digest.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +30,28 @@ class ExportError(RuntimeError):
 @dataclass
 class Rebuilt:
     spec: TaskSpec
-    module: Any
-    tokenizer: Any
+    base: Any  # seedfed.client.model.BaseSource: the module (built without weights where streamed) and tokenizer
     replica: Any  # seedfed.client.replica.Replica at the requested round
+    layout: Any  # seedfed.client.engine.memory.Layout for computing with the model
+    weights: Any = None  # compute weights, bound when the module is first asked for
 
     @property
     def digest(self) -> str:
         return self.replica.digest()
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.base.tokenizer
+
+    @property
+    def module(self) -> Any:
+        """The model, its compute weights derived from the rebuilt state (bound on first use, so an
+        export that only writes files never holds float weights)."""
+        if self.weights is None:
+            from seedfed.client.engine.weights import bind_weights
+
+            self.weights = bind_weights(self.base.module, self.replica.state, self.layout)
+        return self.base.module
 
 
 def select_rounds(records: list[RoundRecord], to_round: int | None) -> list[RoundRecord]:
@@ -47,34 +65,48 @@ def select_rounds(records: list[RoundRecord], to_round: int | None) -> list[Roun
 
 
 def rebuild(
-    spec: TaskSpec, records: list[RoundRecord], model_ref: str | None = None, to_round: int | None = None, device: str = "cpu"
+    spec: TaskSpec,
+    records: list[RoundRecord],
+    model_ref: str | None = None,
+    to_round: int | None = None,
+    device: str = "cpu",
+    weights: str = "auto",
 ) -> Rebuilt:
-    """The model at ``to_round`` (default: the head): base checked against the genesis, chain verified."""
+    """The model at ``to_round`` (default: the head): base streamed into the master and checked
+    against the genesis, chain verified. ``weights`` chooses how the module computes if asked to."""
     import torch
 
-    from seedfed.client.engine.state import ComputeWeights
-    from seedfed.client.model import load_base
+    from seedfed.client.engine.memory import plan_layout
+    from seedfed.client.model import open_base, resolve_device
     from seedfed.client.replica import Replica
 
-    base = load_base(model_ref or spec.base_model, spec.objective.kind, device)
-    replica = Replica.from_base(spec, base.module, device=device)
+    base = open_base(model_ref or spec.base_model, spec.objective.kind)
+    layout = plan_layout(base.manifest.total, resolve_device(device), torch.float32, weights)
+    state = base.load_state(spec.task_seed, spec.unit_log2, layout.master_device, pin_memory=layout.pin)
+    replica = Replica.from_state(spec, state)
     try:
         replica.catch_up(select_rounds(records, to_round))
     except LedgerError as exc:
         raise ExportError(f"the ledger does not verify: {exc}") from None
-    # The module's parameters now hold float(W) * unit: the exported weights.
-    ComputeWeights.bind(base.module, replica.state, dtype=torch.float32).refresh()
-    return Rebuilt(spec, base.module, base.tokenizer, replica)
+    return Rebuilt(spec, base, replica, layout)
 
 
 def write_model_dir(rebuilt: Rebuilt, out: str | Path) -> Path:
+    import torch
+
+    from seedfed.client.engine.saving import write_float_checkpoint
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    module = rebuilt.module
-    # The flat-buffer views are not contiguous storages of their own; save real tensors.
-    for p in module.parameters():
-        p.data = p.data.clone()
-    module.save_pretrained(out, safe_serialization=True)
+    module = rebuilt.base.module
+    write_float_checkpoint(rebuilt.replica.state, module, out)
+    config = copy.deepcopy(module.config)
+    config.dtype = torch.float32  # the weights written are float32
+    config.architectures = [type(module).__name__]  # as save_pretrained records the class that wrote them
+    config.save_pretrained(out)
+    generation = getattr(module, "generation_config", None)
+    if generation is not None and getattr(module, "can_generate", lambda: False)():
+        generation.save_pretrained(out)
     rebuilt.tokenizer.save_pretrained(out)
     meta = {
         "task_id": rebuilt.spec.task_id,

@@ -7,7 +7,7 @@ import os
 import secrets
 from typing import Any
 
-from seedfed.client.model import describe_base, load_base
+from seedfed.client.model import open_base
 from seedfed.shared.taskspec import Objective, TaskSpec
 
 
@@ -20,13 +20,12 @@ def genesis_for_model(
     unit_log2: int | None = None,
     **fields: Any,
 ) -> TaskSpec:
-    """Load the base model, describe it (manifest digest, fixed-point unit, base digest)
-    and return the validated genesis; ``fields`` set any other genesis field.
-    A local directory is recorded as an absolute path, so clients on the same
-    machine find it from any working directory."""
-    base = load_base(model_ref, objective.kind, "cpu")
+    """Read the base model into a host master (streamed from its safetensors files, tensor by
+    tensor), describe it (manifest digest, fixed-point unit, base digest) and return the
+    validated genesis; ``fields`` set any other genesis field. A local directory is recorded as
+    an absolute path, so clients on the same machine find it from any working directory."""
     seed = task_seed if task_seed is not None else secrets.randbits(32)
-    desc = describe_base(base.module, seed, unit_log2)
+    desc = open_base(model_ref, objective.kind).describe(seed, unit_log2)
     reference = os.path.abspath(model_ref) if os.path.isdir(model_ref) else model_ref
     raw = {
         "task_id": task_id,

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from seedfed.client.engine.errors import ModelLoadError
+from seedfed.client.engine.errors import ModelLoadError, UnitRangeError
+from seedfed.client.engine.manifest import Manifest
 
 __all__ = [
     "BaseModel",
@@ -84,26 +85,27 @@ def _load_tokenizer(reference: str, local: bool):
     return tokenizer
 
 
-@dataclass
 class BaseSource:
     """A base model ready to fill a master: a directory with safetensors files is read tensor by
     tensor into a module built without weights (``files`` set); anything else (a .bin checkpoint,
-    a hub id) is loaded whole in float32, as ``load_base`` does (``files`` None)."""
+    a hub id) is loaded whole in float32, as ``load_base`` does (``files`` None). The module is
+    the one to bind compute weights to; the weights themselves are read from the files each
+    time a master is filled."""
 
-    module: torch.nn.Module
-    tokenizer: Any
-    reference: str
-    files: Any  # seedfed.client.engine.safetensors_io.CheckpointFiles | None
+    def __init__(self, module: torch.nn.Module, tokenizer: Any, reference: str, files: Any, objective_kind: str) -> None:
+        self.module = module
+        self.tokenizer = tokenizer
+        self.reference = reference
+        self.files = files  # seedfed.client.engine.safetensors_io.CheckpointFiles | None
+        self.objective_kind = objective_kind
+        # fixed now, before binding compute weights changes the parameters' dtype (float32, as the base is described)
+        self.manifest = Manifest.from_module(module)
+        # a whole-loaded module holds the base weights until compute weights are bound to it
+        self._whole: torch.nn.Module | None = module if files is None else None
 
     @property
     def streamed(self) -> bool:
         return self.files is not None
-
-    @property
-    def manifest(self):
-        from seedfed.client.engine.manifest import Manifest
-
-        return Manifest.from_module(self.module)
 
     def load_state(self, task_seed: int, unit_log2: int | None = None, device="cpu", *, pin_memory: bool = False, out=None):
         """The master W0 (a new FixedPointState on ``device``, or written into ``out``); ``unit_log2``
@@ -112,20 +114,23 @@ class BaseSource:
         from seedfed.client.engine.memory import require_memory
         from seedfed.client.engine.state import FixedPointState, StateOverflowError, choose_unit_log2
 
+        manifest = self.manifest
         if self.files is not None:
             return stream_state(self.module, self.files, task_seed, unit_log2, device=device, pin_memory=pin_memory, out=out)
+        whole, self._whole = self._whole, None  # used once: binding compute weights will overwrite it
+        if whole is None:
+            whole = load_base(self.reference, self.objective_kind, "cpu").module
         if unit_log2 is None:
             try:
-                unit_log2 = choose_unit_log2(self.module)
+                unit_log2 = choose_unit_log2(whole)
             except ValueError as exc:
                 raise ModelLoadError(f"{self.reference}: {exc}") from None
-        total = self.manifest.total
         if out is None:
-            require_memory(4 * total, torch.device(device), f"the int32 master of {total:,} parameters")
+            require_memory(4 * manifest.total, torch.device(device), f"the int32 master of {manifest.total:,} parameters")
         try:
-            state = FixedPointState.from_module(self.module, unit_log2, task_seed, device=device if out is None else out.device)
+            state = FixedPointState.from_module(whole, unit_log2, task_seed, device=device if out is None else out.device)
         except StateOverflowError as exc:
-            raise ModelLoadError(f"{self.reference}: {exc}") from None
+            raise UnitRangeError(f"{self.reference}: {exc}") from None
         if out is None:
             if pin_memory and state.device.type == "cpu":
                 state = FixedPointState(state.flat.pin_memory(), state.manifest, state.unit_log2, state.task_seed)
@@ -149,7 +154,7 @@ def open_base(reference: str, objective_kind: str) -> BaseSource:
     files = CheckpointFiles.find(reference) if os.path.isdir(reference) else None
     if files is None:
         base = load_base(reference, objective_kind, "cpu")
-        return BaseSource(base.module, base.tokenizer, reference, None)
+        return BaseSource(base.module, base.tokenizer, reference, None, objective_kind)
     from accelerate import init_empty_weights
     from transformers import AutoConfig
 
@@ -165,7 +170,7 @@ def open_base(reference: str, objective_kind: str) -> BaseSource:
     module.tie_weights()  # from_pretrained ties after loading; the manifest counts a tied weight once
     module.eval()
     module.requires_grad_(False)
-    return BaseSource(module, tokenizer, reference, files)
+    return BaseSource(module, tokenizer, reference, files, objective_kind)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,16 @@ class BaseDigestMismatch(RuntimeError):
     """The base weights loaded here are not the base the task was created from."""
 
 
+def _check_base(spec: TaskSpec, state) -> None:
+    digest = state.digest()
+    if digest != spec.base_digest:
+        raise BaseDigestMismatch(
+            f"the base model loaded from {spec.base_model!r} has digest {digest}, "
+            f"but task {spec.task_id!r} was created from base digest {spec.base_digest}: "
+            "load the task's base model (--model) or join the task created for this model"
+        )
+
+
 @dataclass(frozen=True)
 class CatchUpStats:
     first_round: int
@@ -44,15 +54,21 @@ class Replica:
         """W0 from the base module's float weights; refuses weights that are not the task's base."""
         from seedfed.client.engine.state import FixedPointState
 
-        state = FixedPointState.from_module(module, spec.unit_log2, spec.task_seed, device=device)
-        digest = state.digest()
-        if digest != spec.base_digest:
-            raise BaseDigestMismatch(
-                f"the base model loaded from {spec.base_model!r} has digest {digest}, "
-                f"but task {spec.task_id!r} was created from base digest {spec.base_digest}: "
-                "load the task's base model (--model) or join the task created for this model"
-            )
+        return cls.from_state(spec, FixedPointState.from_module(module, spec.unit_log2, spec.task_seed, device=device))
+
+    @classmethod
+    def from_state(cls, spec: TaskSpec, state) -> Replica:
+        """A replica at round 0 over a master W0 however it was loaded (streamed or whole); refuses
+        weights that are not the task's base."""
+        _check_base(spec, state)
         return cls(spec, state)
+
+    def rebase(self, fill: Callable[[object], None]) -> None:
+        """Back to round 0 in place: ``fill(state)`` writes W0 into this replica's state (bound
+        compute weights stay bound). Raises BaseDigestMismatch if the result is not the task's base."""
+        fill(self.state)
+        _check_base(self.spec, self.state)
+        self.round, self.head_hash = 0, self.spec.genesis_hash()
 
     def digest(self) -> str:
         return self.state.digest()

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from seedfed.client.engine.errors import ModelLoadError
-from seedfed.client.engine.manifest import Manifest
+from seedfed.client.engine.errors import ModelLoadError, UnitRangeError
+from seedfed.client.engine.manifest import Manifest, ManifestError
 from seedfed.client.engine.memory import require_memory
 from seedfed.client.engine.safetensors_io import FLOAT_DTYPES, CheckpointFiles, TensorEntry
 from seedfed.client.engine.state import INT32_LIMIT, FixedPointState, unit_log2_for
@@ -178,7 +178,7 @@ def fill_master(
             for first, chunk in reader.chunks(entry):
                 w = torch.round(_as_float(chunk) * scale)
                 if w.numel() and not float(w.abs().max()) <= INT32_LIMIT:  # also false for NaN
-                    raise ModelLoadError(
+                    raise UnitRangeError(
                         f"{entry.path}: tensor {entry.key!r} (parameter {name}) does not fit the int32 master at unit "
                         f"2**{unit_log2}: the base is not the one this unit was chosen for, or use a coarser unit"
                     )
@@ -211,14 +211,23 @@ def stream_state(
 ) -> FixedPointState:
     """The master W0 of ``module`` (built without weights) from its checkpoint: a new state on
     ``device`` (in pinned host memory with ``pin_memory``), or written into ``out`` in place.
-    ``unit_log2`` None: chosen from the weights (pass 1). Also loads the persistent buffers."""
-    manifest = Manifest.from_module(module)
+    ``unit_log2`` None: chosen from the weights (pass 1). Also loads the persistent buffers.
+    The module may already be bound to compute weights (its parameters then have the compute
+    dtype; names and shapes are what count)."""
+    if out is not None:
+        manifest = out.manifest
+        try:
+            manifest.check_module(module)
+        except ManifestError as exc:
+            raise ModelLoadError(f"the state to fill holds another model: {exc}") from None
+    else:
+        manifest = Manifest.from_module(module)
     cmap = match_checkpoint(module, manifest, files)
     if unit_log2 is None:
         unit_log2 = unit_log2_for(scan_max_abs(files, cmap, manifest))
     if out is not None:
-        if out.manifest != manifest or out.unit_log2 != unit_log2:
-            raise ModelLoadError("the state to fill holds another model or unit")
+        if out.unit_log2 != unit_log2:
+            raise ModelLoadError(f"the state to fill has unit 2**{out.unit_log2}, not 2**{unit_log2}")
         flat = out.flat
     else:
         device = torch.device(device)

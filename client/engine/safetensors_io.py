@@ -266,6 +266,10 @@ class SafetensorsWriter:
             self._in_current = 0
             self._skip_empty()
 
+    def abort(self) -> None:
+        """Close without the completeness check (the caller failed midway and removes the file)."""
+        self._fh.close()
+
     def close(self) -> None:
         if self._left:
             self._fh.close()
