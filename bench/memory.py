@@ -152,11 +152,11 @@ def build_model_dir(out: Path, shape: dict, data: Path, shard_bytes: int, word_t
             t = torch.ones(p.shape, dtype=torch.bfloat16)
         else:
             t = (torch.randn(p.shape, generator=generator, dtype=torch.float32) * 0.02).to(torch.bfloat16)
+        if shards[0] and size + t.numel() * 2 > shard_bytes:
+            flush()
         shards[0][name] = t
         size += t.numel() * 2
         total += t.numel()
-        if size >= shard_bytes:
-            flush()
     if shards[0]:
         flush()
     # the conventional names, once the number of shards is known
@@ -415,8 +415,9 @@ def run(args, shape: dict, workdir: Path) -> dict:
     resumed = next(e for e in again if e["event"] == "resumed")
     if (resumed["source"], resumed["round"]) != ("checkpoint", 2) or again[-1].get("digest") != stopped["digest"]:
         raise SystemExit(f"the restarted client did not resume from its round-2 checkpoint: {resumed}, {again[-1]}")
-    # restore time: start-up to "resumed" of the restart, less that of the first start (the same base load)
-    restore_s = max(_startup(again) - _startup(evs), 0.0)
+    restore_s = resumed.get("seconds")
+    if restore_s is None:  # a daemon that does not time it: start-up less that of the first start (same base load)
+        restore_s = max(_startup(again) - _startup(evs), 0.0)
     print(f"  resume: {rows['resume'].seconds:.0f} s, restore of the checkpoint about {restore_s:.1f} s", flush=True)
     export_dir = workdir / "export"
     rows["export"] = run_measured(

@@ -115,6 +115,7 @@ class CheckpointStore:
         self.keep_deltas = max(int(keep_deltas), 1)
         self.max_replays = max(int(max_replays), 0)
         self.last_saved: Saved | None = None
+        self.restore_seconds: float | None = None  # of the last restore()
         self._journal: _Journal | None = None
 
     # -- names ----------------------------------------------------------------------------
@@ -382,7 +383,11 @@ class CheckpointStore:
         """Move ``replica`` in place to the newest checkpoint that verifies (at or below
         ``max_round``), with no second copy of the state. False, with the replica untouched,
         when there is none."""
-        return self._restore(replica, max_round, only=None)
+        start = time.perf_counter()
+        try:
+            return self._restore(replica, max_round, only=None)
+        finally:
+            self.restore_seconds = time.perf_counter() - start
 
     def load(self, round_no: int, device="cpu") -> Replica:
         """The checkpoint of ``round_no`` as a new replica, verified; raises CheckpointError."""

@@ -59,7 +59,9 @@ def test_one_full_then_small_deltas_restore_in_place(tmp_path, bert_spec, replic
     target = fresh(base_replica)
     base_digest = target.digest()
     restarted = CheckpointStore(tmp_path, bert_spec)
+    assert restarted.restore_seconds is None
     assert restarted.restore(target)
+    assert restarted.restore_seconds > 0
     assert (target.round, target.digest(), target.head_hash) == (3, digests[3], replica.head_hash)
     assert target.digest() != base_digest
     assert restarted.load(2).digest() == digests[2]
