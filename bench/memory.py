@@ -383,6 +383,8 @@ def run(args, shape: dict, workdir: Path) -> dict:
             "bench",
             "--compute-dtype",
             "bfloat16",
+            "--weights",
+            args.client_weights,
             "--until-round",
             "2",
             "--checkpoint-every",
@@ -433,6 +435,7 @@ def run(args, shape: dict, workdir: Path) -> dict:
         "export_digest": exported,
         "checkpoints": checkpoints,
         "restore_seconds": restore_s,
+        "weights": next(e for e in evs if e["event"] == "ready").get("weights", args.client_weights),
         "cache_bytes": sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()),
         "mezo": mezo_info,
     }
@@ -444,7 +447,7 @@ def report(result: dict) -> tuple[list[dict], bool]:
     labels = {
         "mezo": "MeZO-style step (bf16 load, perturb in place, 2 forwards)",
         "init": "seedfed init",
-        "client": "seedfed client (join, probe, submit, 2 rounds, checkpoints)",
+        "client": f"seedfed client, {result['weights']} weights (2 rounds, checkpoints)",
         "resume": "seedfed client restarted (restores its checkpoint, leaves)",
         "export": "seedfed export",
         "coordinator": "seedfed coordinator (SQLite)",
@@ -496,6 +499,12 @@ def main() -> int:
     ap.add_argument("--kv-heads", type=int)
     ap.add_argument("--vocab", type=int, help="vocabulary size (default: the tokenizer's)")
     ap.add_argument("--word-tokenizer", action="store_true", help="the bench's word-level tokenizer instead of MiniLM's")
+    ap.add_argument(
+        "--client-weights",
+        choices=("streamed", "resident", "auto"),
+        default="streamed",
+        help="the client's --weights (streamed: the memory of inference; auto picks resident where it fits comfortably)",
+    )
     ap.add_argument("--batch", type=int, default=2, help="examples per probe")
     ap.add_argument("--max-length", type=int, default=32, help="tokens per example")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))

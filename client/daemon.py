@@ -204,7 +204,7 @@ class ClientDaemon:
         self.base = base
         self.store = CheckpointStore(cfg.cache, spec)
         if self.store.restore(replica):  # in place: no second copy of the state
-            self._event("resumed", source="checkpoint", round=replica.round)
+            self._event("resumed", source="checkpoint", round=replica.round, seconds=round(self.store.restore_seconds, 3))
         else:
             self._event("resumed", source="base", round=0)
         self.replica = replica
