@@ -434,6 +434,8 @@ class StreamedWeights:
             lane = _Lane(lane_index, seed=int(seed), scale=scale, staging=run.staging, run=run)
             self._local.lane = lane
             try:
+                if self.device.type == "cuda":
+                    torch.cuda.set_device(self.device)  # a new thread starts on device 0
                 with torch.no_grad():
                     results[lane_index] = float(loss_fn())
                 run.finish(lane_index)
