@@ -217,6 +217,7 @@ def big(layers: int, batch: int, seq: int, device: str, small: bool) -> int:
     print(f"time per probe: seedfed {t_probe:.2f} s, MeZO {t_mezo:.2f} s")
     if not mezo_peak:
         print("(no device memory to compare on the CPU: a dry run of the steps)")
+        print(f"ratio seedfed / MeZO time per probe (dry run): {t_probe / t_mezo:.2f}")
         return 0
     ratio = seedfed_peak / mezo_peak
     print(f"ratio seedfed (host master) / MeZO peak device memory: {ratio:.3f}   (target <= 0.5)")
@@ -225,13 +226,16 @@ def big(layers: int, batch: int, seq: int, device: str, small: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("check", choices=["digest", "big"])
+    ap.add_argument("check", nargs="?", choices=["digest", "big"], default="big")
     ap.add_argument("--layers", type=int, default=32, help="big: decoder layers (default 32: the 8B shape)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run of the steps")
     ap.add_argument("--small", action="store_true", help="big: a small Llama instead of the 8B shape (a dry run)")
+    ap.add_argument("--smoke", action="store_true", help="the big check's steps on a small Llama on the CPU (seconds)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.check, args.small, args.device = "big", True, "cpu"
     os.environ.setdefault("SEEDFED_CPU_THREADS", str(os.cpu_count() or 1))  # replay on the host master uses the cores
     if args.check == "digest":
         return digest(args.device)
