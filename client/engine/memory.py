@@ -17,6 +17,9 @@ from seedfed.client.engine.errors import ModelLoadError
 WEIGHT_MODES = ("auto", "resident", "streamed")
 MASTER_PLACES = ("auto", "device", "host")
 RESIDENT_SHARE = 0.25  # auto: resident when the float buffer takes at most this share of the free memory
+# ... and, on the CPU, only for models this small: streamed probes measured as fast as resident ones at GPT-2 124M
+# (bench/probe.py), so a larger buffer would cost memory and buy nothing.
+RESIDENT_MAX_PARAMETERS = 256_000_000
 DEVICE_MASTER_SHARE = 0.5  # auto on a GPU: the master on the device when it takes at most this share of its free memory
 
 
@@ -107,7 +110,8 @@ def plan_layout(
         master_device, free = compute, dev_free
     require_memory(master_bytes, master_device, f"the int32 master of {total:,} parameters", free)
     if weights == "auto":
-        weights = "resident" if free is None or buffer_bytes <= RESIDENT_SHARE * free else "streamed"
+        small = total <= RESIDENT_MAX_PARAMETERS or compute.type != "cpu"  # measured on the CPU only
+        weights = "resident" if small and (free is None or buffer_bytes <= RESIDENT_SHARE * free) else "streamed"
     if weights == "resident":
         require_memory(
             master_bytes + buffer_bytes,

@@ -16,6 +16,8 @@ CUDA = torch.device("cuda")
 def test_auto_on_cpu_keeps_small_models_resident_and_streams_large_ones():
     small = plan_layout(125_000_000, "cpu", torch.float32, host_available=20 * GIB)
     assert (small.weights, small.master_device) == ("resident", CPU)
+    # a 1.1B bf16 buffer would fit in a quarter of 20 GiB, but streaming is as fast and needs no buffer
+    assert plan_layout(1_100_000_000, "cpu", torch.bfloat16, host_available=20 * GIB).weights == "streamed"
     large = plan_layout(3_000_000_000, "cpu", torch.bfloat16, host_available=20 * GIB)
     assert (large.weights, large.master_device) == ("streamed", CPU)
     assert not large.pin
