@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from quality_sst2 import smoke_inputs
 
 from seedfed.client.data import MinibatchSampler, read_classification
 from seedfed.client.engine.state import ComputeWeights
@@ -95,18 +96,6 @@ def load_model(path: Path):
     from transformers import AutoModel, AutoTokenizer
 
     return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
-
-
-def smoke_inputs(root: Path) -> tuple[Path, Path]:
-    """Generated train/dev files in the SST-2 layout and a tiny BERT over their words."""
-    from seedfed.client.simulate.sample_data import make_examples, write_tsv
-    from seedfed.client.simulate.tinymodel import build_tiny_encoder
-
-    rows = make_examples(260, seed=3)
-    write_tsv(root / "data" / "train.tsv", rows[:200])
-    write_tsv(root / "data" / "dev.tsv", rows[200:])
-    texts = [t for t, _ in rows] + [TEMPLATE.format(label=lab) for lab in LABELS]
-    return root / "data", build_tiny_encoder(root / "model", texts, hidden=32)
 
 
 def flipped(gradients) -> bytes:  # noqa: ANN001
@@ -277,7 +266,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         if args.smoke:
-            args.data, model_dir = smoke_inputs(Path(tmp))
+            args.data, model_dir = smoke_inputs(Path(tmp), n=260)
             vars(args).update(SMOKE)
         else:
             for name in ("train.tsv", "dev.tsv"):

@@ -49,12 +49,13 @@ TEMPLATE = "a {label} review"
 SMOKE = {"steps": 4, "batch": 4, "eval_every": 2, "clients": 2, "pool": 64, "max_length": 32, "threads": 1}
 
 
-def smoke_inputs(root: Path) -> tuple[Path, Path]:
-    """A small labelled train/dev pair in the SST-2 layout and a tiny BERT over its words: (data dir, model dir)."""
+def smoke_inputs(root: Path, n: int = 240) -> tuple[Path, Path]:
+    """A small labelled train/dev pair in the SST-2 layout (200 train, n - 200 dev) and a tiny BERT over
+    its words: (data dir, model dir). bench/byzantine.py's smoke size uses it too."""
     from seedfed.client.simulate.sample_data import make_examples, write_tsv
     from seedfed.client.simulate.tinymodel import build_tiny_encoder
 
-    rows = make_examples(240, seed=3)
+    rows = make_examples(n, seed=3)
     write_tsv(root / "data" / "train.tsv", rows[:200])
     write_tsv(root / "data" / "dev.tsv", rows[200:])
     texts = [t for t, _ in rows] + [TEMPLATE.format(label=lab) for lab in LABELS]

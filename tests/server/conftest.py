@@ -67,3 +67,15 @@ def sql_store(request: pytest.FixtureRequest, tmp_path) -> Iterator[SqlStore]:  
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path):  # noqa: ANN001, ANN201
+    """A bare, unmigrated engine on SQLite and PostgreSQL: for the migration tests."""
+    if request.param == "sqlite":
+        e = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    else:
+        url, schema = request.getfixturevalue("pg_schema")
+        e = make_engine(url, schema=schema)
+    yield e
+    e.dispose()

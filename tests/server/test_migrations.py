@@ -13,17 +13,6 @@ from seedfed.server.models import Base
 TABLES = {"tasks", "clients", "rounds", "assignments", "submissions", "ledger_entries", "seed_stats", "digest_reports", "tokens"}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path):  # noqa: ANN001, ANN201
-    if request.param == "sqlite":
-        e = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
-    else:
-        url, schema = request.getfixturevalue("pg_schema")
-        e = make_engine(url, schema=schema)
-    yield e
-    e.dispose()
-
-
 def test_upgrade_downgrade_upgrade(engine) -> None:  # noqa: ANN001
     assert current_revision(engine) is None
     upgrade_to_head(engine)

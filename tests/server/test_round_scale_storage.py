@@ -7,11 +7,10 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import pytest
 from coord_helpers import make_spec
 from sqlalchemy import inspect, text
 
-from seedfed.server.db import make_engine, upgrade_to_head
+from seedfed.server.db import upgrade_to_head
 from seedfed.server.store import LedgerStore, PendingSubmission, WriteBatch
 from seedfed.shared.round_math import compute_commit, plan_round
 
@@ -37,17 +36,6 @@ def test_an_attempts_scale_round_trips_and_recomputes_the_commit(store: LedgerSt
     # at the genesis scale the same bytes give another step: the stored scale is what counts
     at_genesis = dataclasses.replace(stored_plan, scalar_scale=spec.scalar_scale)
     assert compute_commit(spec, at_genesis, subs, spec.genesis_hash()).record != store.get_rounds(spec.task_id, 1)[0]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path):  # noqa: ANN001, ANN201
-    if request.param == "sqlite":
-        e = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
-    else:
-        url, schema = request.getfixturevalue("pg_schema")
-        e = make_engine(url, schema=schema)
-    yield e
-    e.dispose()
 
 
 def test_rounds_stored_before_the_column_get_their_genesis_scale(engine) -> None:  # noqa: ANN001
