@@ -142,7 +142,8 @@ def init_task(
     default="auto",
     show_default=True,
     help="Compute weights: one resident float buffer, or streamed (each block derived from the master as it runs; "
-    "no full float copy). auto: resident when the buffer takes under a quarter of the free memory.",
+    "no full float copy). auto: streamed above 256M parameters on the CPU, else resident when the buffer "
+    "takes under a quarter of the free memory.",
 )
 @click.option(
     "--master",
