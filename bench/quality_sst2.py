@@ -22,6 +22,7 @@ beside the repository), as train.tsv and dev.tsv (sentence<TAB>label).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -41,6 +42,7 @@ from seedfed.client.objectives import ClassificationObjective, accuracy
 from seedfed.client.replica import Replica
 from seedfed.client.simulate.inprocess import InProcessFederation
 from seedfed.client.simulate.split import dirichlet_split
+from seedfed.shared.round_math import RoundPlan
 from seedfed.shared.taskspec import Objective, TaskSpec
 
 LABELS = ("negative", "positive")
@@ -85,6 +87,7 @@ class Row:
     seconds: float = 0.0
     bytes_up_per_client: float = 0.0
     bytes_down_per_client: float = 0.0
+    saturation: float | None = None  # fraction of one-byte scalars at +-127
     notes: str = ""
 
 
@@ -103,7 +106,8 @@ def run_mezo(model, tokenizer, train, dev, args, spec_obj) -> Row:
     objective = ClassificationObjective(model, tokenizer, spec_obj, "cpu")
     params = [p for p in model.parameters() if p.requires_grad]
     rng = random.Random(args.seed)
-    row = Row(f"mezo (centralised, Gaussian, lr {args.lr:g})")
+    clip = f", scalars clipped at +-{args.mezo_clip:g}" if args.mezo_clip else ""
+    row = Row(f"mezo (centralised, Gaussian, lr {args.lr:g}{clip})")
     row.curve.append((0, evaluate(objective, dev)))
     start = time.perf_counter()
 
@@ -122,6 +126,8 @@ def run_mezo(model, tokenizer, train, dev, args, spec_obj) -> Row:
             lm = objective.loss(batch)
             perturb(seed, args.eps)
             g = (lp - lm) / (2 * args.eps)
+            if args.mezo_clip:  # the one-byte codec's clip at a fixed scale, and nothing else of it
+                g = max(-args.mezo_clip, min(args.mezo_clip, g))
             perturb(seed, -args.lr * g)
             if step % args.eval_every == 0 or step == args.steps:
                 row.curve.append((step, evaluate(objective, dev)))
@@ -133,6 +139,56 @@ def run_mezo(model, tokenizer, train, dev, args, spec_obj) -> Row:
 
 
 # -- seedfed: the product's round arithmetic and prober, in one process ------------------
+
+
+class HypergradientFederation(InProcessFederation):
+    """The lr adapted online from re-probed seeds (hypergradient descent along the finite pool).
+
+    When a seed of the pool is probed again, its committed step has the sign of
+    -g along the same z as its last step: the same sign says the last step along
+    z was too small, the opposite sign too large. After each round the lr
+    exponent moves a quarter octave towards the majority of these agreements,
+    within 2**-4 .. 2**4 of the genesis lr. Integers in, integers out: a
+    coordinator could run the same rule from its ledger alone."""
+
+    MAX_QUARTERS = 16
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_step: dict[int, int] = {}
+        self.quarters = 0
+        self.agreement: list[float] = []  # per round with re-probes: fraction of agreeing signs
+
+    def plan(self, round_no: int) -> RoundPlan:
+        plan = super().plan(round_no)
+        return dataclasses.replace(plan, lr=plan.lr * 2 ** (self.quarters / 4))
+
+    def run_round(self):
+        report = super().run_round()
+        record = self.history[-1]
+        agree = disagree = 0
+        for seed, q in zip(record.seeds, record.steps):
+            last = self.last_step.get(seed)
+            if last is not None:
+                agree += (last > 0) == (q > 0)
+                disagree += (last > 0) != (q > 0)
+            self.last_step[seed] = q
+        if agree + disagree:
+            self.agreement.append(agree / (agree + disagree))
+        move = (agree > disagree) - (disagree > agree)
+        self.quarters = max(-self.MAX_QUARTERS, min(self.MAX_QUARTERS, self.quarters + move))
+        return report
+
+
+def rule_label(args) -> str:
+    parts = [f"step {args.step_rule}"]
+    if args.warmup or args.lr_schedule != "constant":
+        parts.append(f"warmup {args.warmup} + {args.lr_schedule} decay")
+    if args.hypergradient:
+        parts.append("hypergradient lr")
+    parts.append(f"{args.scale_rule} scale")
+    parts.append(f"lr {args.lr:g}")
+    return ", ".join(parts)
 
 
 def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
@@ -149,11 +205,16 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
         objective=spec_obj,
         eps=args.eps,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        max_rounds=args.steps,
+        warmup_rounds=args.warmup,
+        step_rule=args.step_rule,
         pool_size=args.pool,
         local_steps=1,
-        group_size=0,
+        group_size=args.group_size,
         batch_size=per_client_batch,
         scalar_scale=args.scalar_scale,
+        scale_rule=args.scale_rule,
         aggregation="mean",
         min_clients=n_clients,
     ).validate()
@@ -166,18 +227,23 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
     else:
         parts = dirichlet_split([ex.label for ex in train], n_clients, alpha=args.alpha, seed=args.seed)
         split = f"Dirichlet alpha={args.alpha}"
-    fed = InProcessFederation(
+    federation = HypergradientFederation if args.hypergradient else InProcessFederation
+    fed = federation(
         replica, weights, objective, [[train[i] for i in p] for p in parts], batch_size=per_client_batch, sampler_seed=args.seed
     )
-    name = f"seedfed, {n_clients} client{'s' if n_clients > 1 else ''}"
-    row = Row(name, notes=f"{split}, batch {per_client_batch} per client, K={args.pool}")
+    name = f"seedfed, {n_clients} client{'s' if n_clients > 1 else ''}, {rule_label(args)}"
+    groups = "one seed per round" if args.group_size == 0 else f"groups of {args.group_size} client(s), a seed each"
+    row = Row(name, notes=f"{split}, batch {per_client_batch} per client, {groups}, K={args.pool}")
     row.curve.append((0, evaluate(objective, dev)))
     start = time.perf_counter()
     up = down = 0.0
+    sent = saturated = 0
     for step in range(1, args.steps + 1):
         report = fed.run_round()
         up += report.bytes_up_per_client
         down += report.bytes_down_per_client
+        sent += report.scalars
+        saturated += report.saturated
         if step % args.eval_every == 0 or step == args.steps:
             row.curve.append((step, evaluate(objective, dev)))
             log(row, step, report.mean_loss)
@@ -185,6 +251,10 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
     row.final_accuracy = row.curve[-1][1]
     row.forward_examples = 2 * args.steps * per_client_batch * n_clients
     row.bytes_up_per_client, row.bytes_down_per_client = up, down
+    row.saturation = saturated / sent if sent else None
+    if args.hypergradient:
+        agreement = sum(fed.agreement) / len(fed.agreement) if fed.agreement else float("nan")
+        row.notes += f", final lr x{2 ** (fed.quarters / 4):.3g}, mean sign agreement {agreement:.3f}"
     row.notes += f", digest {replica.digest()[:16]}"
     return row
 
@@ -230,22 +300,24 @@ def log(row: Row, step: int, loss: float) -> None:
 def write_report(rows: list[Row], args, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     hp = (
-        f"steps {args.steps}, batch {args.batch} (2 forward passes per step), eps {args.eps}, lr {args.lr}, "
-        f"scalar scale {args.scalar_scale}, pool K={args.pool}, seed {args.seed}, dev set {args.dev_limit or 872} sentences, "
+        f"steps {args.steps}, batch {args.batch} (2 forward passes per step), eps {args.eps}, lr and step rule as each "
+        f"row names, genesis scalar scale {args.scalar_scale}, pool K={args.pool}, seed {args.seed}, "
+        f"dev set {args.dev_limit or 872} sentences, "
         f"template '{TEMPLATE}', {args.threads or torch.get_num_threads()} CPU threads per row"
     )
     lines = [
-        "| method | dev accuracy | best on the curve (step) | forward "
+        "| method | dev accuracy | best on the curve (step) | bytes at +-127 | forward "
         "examples | bytes up / client | bytes down / client | wall time | notes |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         up = f"{r.bytes_up_per_client:,.0f}" if r.bytes_up_per_client else "-"
         down = f"{r.bytes_down_per_client:,.0f}" if r.bytes_down_per_client else "-"
         best_step, best = max(r.curve, key=lambda c: c[1]) if r.curve else (0, r.final_accuracy)
+        saturation = "-" if r.saturation is None else f"{100 * r.saturation:.2f}%"
         lines.append(
             f"| {r.name} | {100 * r.final_accuracy:.2f}% | {100 * best:.2f}% "
-            f"({best_step}) | {r.forward_examples:,} | {up} | {down} | {r.seconds:,.0f} s | {r.notes} |"
+            f"({best_step}) | {saturation} | {r.forward_examples:,} | {up} | {down} | {r.seconds:,.0f} s | {r.notes} |"
         )
     table = "\n".join(lines)
     (out / "quality_sst2.md").write_text(
@@ -264,7 +336,7 @@ def write_report(rows: list[Row], args, out: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4.2))
+        fig, ax = plt.subplots(figsize=(11, 5.5))
         for r in rows:
             if len(r.curve) > 1 and not r.name.startswith("first-order"):
                 ax.plot([s for s, _ in r.curve], [100 * a for _, a in r.curve], marker="o", ms=3, label=r.name)
@@ -275,7 +347,7 @@ def write_report(rows: list[Row], args, out: Path) -> None:
         ax.set_ylabel("SST-2 dev accuracy (%)")
         ax.set_title("Zeroth-order fine-tuning of all-MiniLM-L6-v2, same forward budget")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         fig.savefig(out / "quality_sst2.png", dpi=120)
     except ImportError:
@@ -290,7 +362,8 @@ def print_ratio(rows: list[Row]) -> None:
     mezo = [r for r in rows if r.name.startswith("mezo")]
     if fed and mezo:
         ratio = fed[0].final_accuracy / mezo[0].final_accuracy if mezo[0].final_accuracy else float("inf")
-        print(f"ratio {fed[0].name} / mezo, final dev accuracy: {ratio:.3f}")
+        clients = ",".join(fed[0].name.split(",")[:2])  # "seedfed, N clients"
+        print(f"ratio {clients} / mezo, final dev accuracy: {ratio:.3f}")
 
 
 def main() -> None:
@@ -309,6 +382,13 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--fo-lr", type=float, default=2e-5)
     ap.add_argument("--scalar-scale", type=float, default=0.05)
+    ap.add_argument("--scale-rule", choices=("fixed", "adaptive"), default="fixed")
+    ap.add_argument("--step-rule", choices=("constant", "spread"), default="constant")
+    ap.add_argument("--lr-schedule", choices=("constant", "linear", "cosine"), default="constant")
+    ap.add_argument("--warmup", type=int, default=0, help="warmup rounds")
+    ap.add_argument("--hypergradient", action="store_true", help="adapt the lr online from re-probed seeds")
+    ap.add_argument("--group-size", type=int, default=0, help="clients per seed (0: every client probes the round's seed)")
+    ap.add_argument("--mezo-clip", type=float, default=0.0, help="mezo row: clip each scalar at +-this (0: no clip)")
     ap.add_argument("--pool", type=int, default=4096)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=0.5)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from seedfed.shared.taskspec import AGGREGATIONS, SCALE_RULES, Objective, TaskSpec, TaskSpecError
+from seedfed.shared.taskspec import AGGREGATIONS, SCALE_RULES, SCHEDULES, STEP_RULES, Objective, TaskSpec, TaskSpecError
 
 # genesis fields `init` takes from its own options or computes; --set may override the rest
 _COMPUTED = {"task_id", "base_model", "base_digest", "manifest_digest", "objective", "generator"}
@@ -77,6 +77,20 @@ def _parse_set(pairs: tuple[str, ...]) -> dict[str, object]:
     help="The one-byte scale of the scalars: fixed, or adaptive (follows their spread round by round; "
     "the default with screened_mean).",
 )
+@click.option(
+    "--step-rule",
+    type=click.Choice(STEP_RULES),
+    default=None,
+    help="constant (default): a step is -lr x scalar; spread: divided by the round's median scalar size, "
+    "so lr is the step a typical scalar makes (docs/decisions.md).",
+)
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(SCHEDULES),
+    default=None,
+    help="How the lr decays over --set max_rounds=N after the warmup (default constant).",
+)
+@click.option("--warmup-rounds", type=int, default=None, help="Rounds over which the lr rises linearly to --lr.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other genesis field, e.g. --set digest_every=1.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="task.toml", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")

@@ -199,6 +199,16 @@ def left_out_clients(
     return {s.client_id for s in submissions if outlying(scores[s.client_id], spec.screen_threshold)}
 
 
+def spread(plan: RoundPlan, submissions: Sequence[Submission]) -> float:
+    """The typical size of a round's scalars (step_rule spread): the median |byte|
+    of every report, at least one byte, at the round's scale. Dividing by it
+    makes the step a function of how the scalars compare with each other, not of
+    the loss's scale, which drifts over a run (FZOO normalises by the spread of
+    its perturbations' losses). A median, so a minority of faulty reports moves it little."""
+    m = median_magnitude([(0, [s.scalars for s in submissions])])
+    return max(m[0] if m else 1, 1) * plan.scalar_scale
+
+
 def compute_commit(
     spec: TaskSpec,
     plan: RoundPlan,
@@ -208,7 +218,8 @@ def compute_commit(
 ) -> CommitResult:
     """Per group and step: aggregate the decoded scalars with the task's rule;
     divide by the number of groups that reported; integer steps by the lr
-    schedule with keyed stochastic rounding; chain the hash. ``history``: the
+    schedule (under step_rule spread, divided by the round's spread) with keyed
+    stochastic rounding; chain the hash. ``history``: the
     committed rounds just before this one (at least history_rounds(spec) of
     them where stored). Under screened_mean a saturated round commits no step."""
     _check_history(plan.round, history)
@@ -231,7 +242,8 @@ def compute_commit(
             contributions.append((seed, agg / n_reporting))
             a, n = seed_abs.get(seed, (0.0, 0))
             seed_abs[seed] = (a + abs(agg), n + 1)
-    entries = integer_steps(contributions, lr=plan.lr, unit=spec.unit, task_seed=spec.task_seed, round_no=plan.round)
+    lr = plan.lr / spread(plan, submissions) if spec.step_rule == "spread" else plan.lr
+    entries = integer_steps(contributions, lr=lr, unit=spec.unit, task_seed=spec.task_seed, round_no=plan.round)
     losses = [s.loss for s in submissions if s.loss is not None and math.isfinite(s.loss)]
     mean_loss = math.fsum(losses) / len(losses) if losses else None
     return CommitResult(

@@ -24,6 +24,7 @@ AGGREGATIONS = ("mean", "median", "trimmed_mean", "screened_mean")
 SCALE_RULES = ("fixed", "adaptive")
 SAMPLINGS = ("uniform", "fedkseed_pro")
 SCHEDULES = ("constant", "linear", "cosine")
+STEP_RULES = ("constant", "spread")
 DISTRIBUTIONS = ("rademacher",)
 OBJECTIVES = ("causal_lm", "classification")
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -65,6 +66,8 @@ class TaskSpec:
     lr: float = 1e-5
     lr_schedule: str = "constant"
     max_rounds: int = 0  # 0: open-ended; also the horizon of decaying schedules
+    warmup_rounds: int = 0  # the lr rises linearly over these first rounds, then follows lr_schedule
+    step_rule: str = "constant"  # spread: each round's steps are divided by the typical size of its scalars
     pool_size: int = 4096  # K; 0 means unbounded seeds
     local_steps: int = 1  # seeds each client probes per round
     group_size: int = 0  # clients that probe the same seeds; 0 means all clients of the round
@@ -96,10 +99,13 @@ class TaskSpec:
         return math.ldexp(1.0, self.unit_log2)
 
     def lr_at(self, round_no: int) -> float:
-        """Learning rate of round ``round_no`` (1-based)."""
-        if self.lr_schedule == "constant" or self.max_rounds <= 0:
+        """Learning rate of round ``round_no`` (1-based): a linear warmup over
+        warmup_rounds, then the schedule's decay over the rounds left to max_rounds."""
+        if round_no <= self.warmup_rounds:
+            return self.lr * round_no / (self.warmup_rounds + 1)
+        if self.lr_schedule == "constant" or self.max_rounds <= self.warmup_rounds:
             return self.lr
-        progress = min(max(round_no - 1, 0) / self.max_rounds, 1.0)
+        progress = min((round_no - 1 - self.warmup_rounds) / (self.max_rounds - self.warmup_rounds), 1.0)
         if self.lr_schedule == "linear":
             return self.lr * (1.0 - progress)
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -124,6 +130,8 @@ class TaskSpec:
         need(math.isfinite(self.lr) and self.lr > 0, "lr must be a positive number")
         need(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES}")
         need(self.max_rounds >= 0, "max_rounds must be >= 0")
+        need(0 <= self.warmup_rounds <= 1_000_000, "warmup_rounds must lie in [0, 1000000]")
+        need(self.step_rule in STEP_RULES, f"step_rule must be one of {STEP_RULES}")
         need(0 <= self.pool_size <= 2**24, "pool_size must lie in [0, 2**24] (0: unbounded)")
         need(1 <= self.local_steps <= 4096, "local_steps must lie in [1, 4096]")
         need(0 <= self.group_size <= 100_000, "group_size must lie in [0, 100000]")
@@ -192,6 +200,10 @@ class TaskSpec:
             del d["scale_rule"], d["scale_target"]
         if self.byzantine_clients == 0:
             del d["byzantine_clients"]
+        if self.warmup_rounds == 0:
+            del d["warmup_rounds"]
+        if self.step_rule == "constant":
+            del d["step_rule"]
         if self.aggregation != "screened_mean":
             del d["screen_rounds"], d["screen_threshold"], d["screen_clip"]
         return d

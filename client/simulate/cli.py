@@ -28,7 +28,7 @@ from seedfed.client.evaluate import MAX_NEW_TOKENS
 from seedfed.client.simulate.dataset import SimulationData, load_data, parse_labels, share_suffix
 from seedfed.client.simulate.split import dirichlet_split, iid_split
 from seedfed.shared.ledger import record_bytes
-from seedfed.shared.taskspec import OBJECTIVES
+from seedfed.shared.taskspec import OBJECTIVES, SCALE_RULES, SCHEDULES, STEP_RULES
 
 DEFAULT_TASK_ID = "demo"
 MAX_LENGTH = {"classification": 64, "causal_lm": 128}  # tokens per example unless --max-length says
@@ -310,6 +310,22 @@ def client_report(proc) -> dict:
     type=click.IntRange(0, 4096),
     help="causal_lm: tokens generated per held-out prompt for Rouge-L (0: loss only)",
 )
+@click.option(
+    "--step-rule",
+    type=click.Choice(STEP_RULES),
+    default="constant",
+    show_default=True,
+    help="spread: each round's steps divided by its median scalar size (then --lr is the step a typical scalar makes)",
+)
+@click.option("--lr-schedule", type=click.Choice(SCHEDULES), default="constant", show_default=True, help="decay over --rounds")
+@click.option("--warmup-rounds", default=0, show_default=True, type=click.IntRange(0, 100_000), help="linear lr warmup")
+@click.option(
+    "--scale-rule",
+    type=click.Choice(SCALE_RULES),
+    default="fixed",
+    show_default=True,
+    help="the one-byte scale: fixed, or adaptive (follows the scalars' spread so few bytes clip)",
+)
 @click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option("--task-id", default=DEFAULT_TASK_ID, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("seedfed-sim"), show_default=True)
@@ -334,6 +350,10 @@ def simulate_command(
     eps,
     pool_size,
     max_new_tokens,
+    step_rule,
+    lr_schedule,
+    warmup_rounds,
+    scale_rule,
     seed,
     task_id,
     out,
@@ -359,6 +379,10 @@ def simulate_command(
         "lr": lr,
         "eps": eps,
         "pool_size": pool_size,
+        "step_rule": step_rule,
+        "lr_schedule": lr_schedule,
+        "warmup_rounds": warmup_rounds,
+        "scale_rule": scale_rule,
         "round_deadline_s": 120.0,
         "digest_every": 5,
     }

@@ -24,7 +24,8 @@ from seedfed.client.objectives import Objective
 from seedfed.client.replica import Replica
 from seedfed.client.worker import Assignment, Prober
 from seedfed.shared.ledger import RoundRecord
-from seedfed.shared.round_math import CommittedRound, Submission, compute_commit, history_rounds, plan_round
+from seedfed.shared.quantize import BYTE_MAX, decode_bytes
+from seedfed.shared.round_math import CommittedRound, RoundPlan, Submission, compute_commit, history_rounds, plan_round
 from seedfed.v1 import coordinator_pb2 as pb
 
 
@@ -36,6 +37,8 @@ class RoundReport:
     bytes_down_per_client: float  # RoundOpen + RoundCommit events, serialised
     bytes_up_per_client: float  # SubmitRequest, serialised
     seconds: float
+    scalars: int = 0  # one-byte scalars the clients sent
+    saturated: int = 0  # of those, bytes at +-127: the codec clipped them
 
 
 def _event_size(event: pb.SyncEvent) -> int:
@@ -70,10 +73,14 @@ class InProcessFederation:
         self.history: list[RoundRecord] = []
         self.recent: deque[CommittedRound] = deque(maxlen=history_rounds(self.spec))  # what later rounds' arithmetic reads
 
+    def plan(self, round_no: int) -> RoundPlan:
+        """The coordinator's plan for the next round (a benchmark may override it to try a rule)."""
+        return plan_round(self.spec, round_no, 0, self.client_ids, self.stats, time.time(), tuple(self.recent))
+
     def run_round(self) -> RoundReport:
         start = time.perf_counter()
         round_no = self.replica.round + 1
-        plan = plan_round(self.spec, round_no, 0, self.client_ids, self.stats, time.time(), tuple(self.recent))
+        plan = self.plan(round_no)
         submissions: list[Submission] = []
         down = up = 0
         for slot, (client_id, prober) in enumerate(zip(self.client_ids, self.probers)):
@@ -104,6 +111,7 @@ class InProcessFederation:
         self.history.append(record)
         committed = pb.RoundCommit(round=record.round, seeds=record.seeds, steps=record.steps, hash=record.hash)
         n = len(self.client_ids)
+        sent = [b for sub in submissions for b in decode_bytes(sub.scalars)]
         return RoundReport(
             round=round_no,
             mean_loss=commit.mean_loss if commit.mean_loss is not None else float("nan"),
@@ -111,4 +119,6 @@ class InProcessFederation:
             bytes_down_per_client=down / n + _event_size(pb.SyncEvent(commit=committed)),
             bytes_up_per_client=up / n,
             seconds=time.perf_counter() - start,
+            scalars=len(sent),
+            saturated=sum(abs(b) >= BYTE_MAX for b in sent),
         )

@@ -52,3 +52,14 @@ def test_screened_mean_takes_the_adaptive_scale(tmp_path, engine, bert_dir) -> N
     assert (spec.aggregation, spec.scale_rule, spec.byzantine_clients) == ("screened_mean", "adaptive", 2)
     r = init(bert_dir, out, "--force", "--aggregation", "screened_mean", "--scale-rule", "fixed")
     assert r.exit_code != 0 and "scale_rule adaptive" in r.output, r.output
+
+
+def test_step_rule_warmup_and_schedule_reach_the_genesis(tmp_path, engine, bert_dir) -> None:  # noqa: ANN001
+    out = tmp_path / "task.toml"
+    args = ("--step-rule", "spread", "--warmup-rounds", "20", "--lr-schedule", "cosine", "--set", "max_rounds=400")
+    r = init(bert_dir, out, *args)
+    assert r.exit_code == 0, r.output
+    spec = TaskSpec.load_toml(out)
+    assert (spec.step_rule, spec.warmup_rounds, spec.lr_schedule, spec.max_rounds) == ("spread", 20, "cosine", 400)
+    r = init(bert_dir, out, "--force", "--step-rule", "adam")
+    assert r.exit_code != 0 and "--step-rule" in r.output, r.output

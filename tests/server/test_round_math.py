@@ -47,6 +47,30 @@ def test_commit_aggregates_in_groups_and_averages_over_groups() -> None:
     assert result.seed_abs[g1[0]][0] >= 5.0
 
 
+def test_spread_rule_divides_the_steps_by_the_median_report_size() -> None:
+    clients = ["a", "b", "c"]
+    subs = [Submission("a", 0, bytes([4]), None, 0.0), Submission("b", 1, bytes([6]), None, 0.0)]
+    subs.append(Submission("c", 2, bytes([127]), None, 0.0))  # one huge report moves a median little
+    results = {}
+    for rule in ("constant", "spread"):
+        spec = make_spec(step_rule=rule, pool_size=1000, scalar_scale=0.5, lr=1e-3)
+        plan = plan_round(spec, 2, 1, clients, {}, 0.0)
+        results[rule] = compute_commit(spec, plan, subs, b"\0" * 32).record.entries
+        seed = plan.group_seeds[0][0]
+        mean = (4 + 6 + 127) / 3 * 0.5
+        spread = 6 * 0.5  # the median |byte| of the round, at its scale
+        lr = plan.lr / spread if rule == "spread" else plan.lr
+        expected = integer_steps([(seed, mean)], lr=lr, unit=spec.unit, task_seed=spec.task_seed, round_no=2)
+        assert results[rule] == expected
+    assert results["constant"] != results["spread"]
+
+
+def test_spread_rule_counts_an_all_zero_round_as_one_byte() -> None:
+    spec = make_spec(step_rule="spread", pool_size=1000, scalar_scale=0.5)
+    plan = plan_round(spec, 2, 1, ["a"], {}, 0.0)
+    assert compute_commit(spec, plan, [Submission("a", 0, bytes([0]), None, 0.0)], b"\0" * 32).record.entries == {}
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.binary(min_size=4, max_size=4), min_size=1, max_size=9), st.randoms(use_true_random=False))
 def test_commit_does_not_depend_on_arrival_order(payloads: list[bytes], rnd: random.Random) -> None:

@@ -149,6 +149,25 @@ def test_lr_schedules():
     assert spec(unit_log2=-24).unit == 2.0**-24
 
 
+def test_warmup_rises_linearly_then_the_schedule_decays_over_the_rest():
+    warm = spec(lr_schedule="cosine", max_rounds=14, warmup_rounds=4)
+    assert [warm.lr_at(r) for r in (1, 2, 4)] == pytest.approx([0.2e-5, 0.4e-5, 0.8e-5])
+    assert warm.lr_at(5) == pytest.approx(1e-5)  # the decay starts where the warmup ends
+    assert warm.lr_at(10) == pytest.approx(0.5e-5) and warm.lr_at(15) == pytest.approx(0.0, abs=1e-20)
+    assert spec(warmup_rounds=3).lr_at(2) == pytest.approx(0.5e-5) and spec(warmup_rounds=3).lr_at(9) == 1e-5
+
+
+def test_step_rule_and_warmup_are_validated_and_leave_old_genesis_bytes_alone():
+    with pytest.raises(TaskSpecError, match="step_rule"):
+        spec(step_rule="adam").validate()
+    with pytest.raises(TaskSpecError, match="warmup_rounds"):
+        spec(warmup_rounds=-1).validate()
+    assert b"step_rule" not in spec().canonical_bytes() and b"warmup" not in spec().canonical_bytes()
+    new = spec(step_rule="spread", warmup_rounds=10)
+    assert new.validate().genesis_hash() != spec().genesis_hash()
+    assert b'"step_rule":"spread"' in new.canonical_bytes() and b'"warmup_rounds":10' in new.canonical_bytes()
+
+
 # -- ledger ---------------------------------------------------------------------------------
 
 
