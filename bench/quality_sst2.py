@@ -49,6 +49,8 @@ LABELS = ("negative", "positive")
 TEMPLATE = "a {label} review"
 # a run of seconds on generated data and a tiny BERT (no SST-2, no pretrained model)
 SMOKE = {"steps": 4, "batch": 4, "eval_every": 2, "clients": 2, "pool": 64, "max_length": 32, "threads": 1}
+# ... through every rule's code path
+SMOKE_RULES = {"step_rule": "spread", "scale_rule": "adaptive", "warmup": 1, "lr_schedule": "cosine", "hypergradient": True}
 
 
 def smoke_inputs(root: Path, n: int = 240) -> tuple[Path, Path]:
@@ -146,18 +148,22 @@ class HypergradientFederation(InProcessFederation):
 
     When a seed of the pool is probed again, its committed step has the sign of
     -g along the same z as its last step: the same sign says the last step along
-    z was too small, the opposite sign too large. After each round the lr
-    exponent moves a quarter octave towards the majority of these agreements,
-    within 2**-4 .. 2**4 of the genesis lr. Integers in, integers out: a
+    z was too small, the opposite sign too large. Every WINDOW re-probes the lr
+    moves a quarter octave towards the majority, if the majority is beyond two
+    standard deviations of a fair coin (agreements - disagreements)**2 > 4 n, and
+    stays within 2**-4 .. 2**4 of the schedule's lr. Integers in, integers out: a
     coordinator could run the same rule from its ledger alone."""
 
+    WINDOW = 16
     MAX_QUARTERS = 16
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.last_step: dict[int, int] = {}
         self.quarters = 0
-        self.agreement: list[float] = []  # per round with re-probes: fraction of agreeing signs
+        self.agree = self.disagree = 0
+        self.agreed = self.compared = 0  # over the whole run, for the report
+        self.moves: list[tuple[int, int]] = []  # (round, quarters after the move)
 
     def plan(self, round_no: int) -> RoundPlan:
         plan = super().plan(round_no)
@@ -166,17 +172,23 @@ class HypergradientFederation(InProcessFederation):
     def run_round(self):
         report = super().run_round()
         record = self.history[-1]
-        agree = disagree = 0
         for seed, q in zip(record.seeds, record.steps):
             last = self.last_step.get(seed)
             if last is not None:
-                agree += (last > 0) == (q > 0)
-                disagree += (last > 0) != (q > 0)
+                same = (last > 0) == (q > 0)
+                self.agree += same
+                self.disagree += not same
             self.last_step[seed] = q
-        if agree + disagree:
-            self.agreement.append(agree / (agree + disagree))
-        move = (agree > disagree) - (disagree > agree)
-        self.quarters = max(-self.MAX_QUARTERS, min(self.MAX_QUARTERS, self.quarters + move))
+        n = self.agree + self.disagree
+        if n >= self.WINDOW:
+            self.agreed += self.agree
+            self.compared += n
+            diff = self.agree - self.disagree
+            if diff * diff > 4 * n:
+                move = 1 if diff > 0 else -1
+                self.quarters = max(-self.MAX_QUARTERS, min(self.MAX_QUARTERS, self.quarters + move))
+                self.moves.append((record.round, self.quarters))
+            self.agree = self.disagree = 0
         return report
 
 
@@ -253,8 +265,11 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
     row.bytes_up_per_client, row.bytes_down_per_client = up, down
     row.saturation = saturated / sent if sent else None
     if args.hypergradient:
-        agreement = sum(fed.agreement) / len(fed.agreement) if fed.agreement else float("nan")
-        row.notes += f", final lr x{2 ** (fed.quarters / 4):.3g}, mean sign agreement {agreement:.3f}"
+        agreement = fed.agreed / fed.compared if fed.compared else float("nan")
+        row.notes += (
+            f", {fed.compared} re-probes, sign agreement {agreement:.3f}, {len(fed.moves)} lr moves, "
+            f"final lr x{2 ** (fed.quarters / 4):.3g} of the schedule's"
+        )
     row.notes += f", digest {replica.digest()[:16]}"
     return row
 
@@ -407,7 +422,7 @@ def main() -> None:
     if args.smoke:
         with tempfile.TemporaryDirectory() as tmp:
             args.data, model_dir = smoke_inputs(Path(tmp))
-            vars(args).update(SMOKE, out=Path(tmp) / "report")
+            vars(args).update(SMOKE, **SMOKE_RULES, mezo_clip=6.35, out=Path(tmp) / "report")
             run(args, model_dir)
         return
     if args.merge:

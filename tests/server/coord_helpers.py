@@ -38,28 +38,22 @@ def unique_name(prefix: str) -> str:
 
 
 def audit(store, spec: TaskSpec) -> int:  # noqa: ANN001
-    """Replay the stored history: every committed round's plan must be what
-    plan_round gives for its clients, and its record what compute_commit gives
-    for its stored submissions (so no submission counted twice or lost).
-    Returns the number of rounds checked."""
+    """Replay the stored history with round_math.recompute: every committed
+    round's plan must be what plan_round gives for its clients, and its record
+    what compute_commit gives for its stored submissions (so no submission
+    counted twice or lost), earlier rounds threaded through as the coordinator
+    ran them. Returns the number of rounds checked."""
     from seedfed.shared.ledger import verify_chain
-    from seedfed.shared.round_math import compute_commit, plan_round
+    from seedfed.shared.round_math import CommittedRound, recompute
 
     records = store.get_rounds(spec.task_id, 1)
     verify_chain(spec.genesis_hash(), records)
-    stats: dict[int, tuple[float, int]] = {}
-    previous = spec.genesis_hash()
-    for rec in records:
-        plan, subs = store.committed_submissions(spec.task_id, rec.round)
-        expected_plan = plan_round(spec, rec.round, plan.attempt, plan.slots, stats, plan.opened_at)
-        assert plan == expected_plan, f"round {rec.round}: stored plan differs from the deterministic one"
+    stored = [CommittedRound(*store.committed_submissions(spec.task_id, rec.round)) for rec in records]
+    for rec, (done, plan, result) in zip(records, recompute(spec, stored, spec.genesis_hash()), strict=True):
+        assert done.plan == plan, f"round {rec.round}: stored plan differs from the deterministic one"
+        subs = done.submissions
         assert len({s.client_id for s in subs}) == len(subs), f"round {rec.round}: a client counted twice"
         for s in subs:
             assert plan.slots[s.slot] == s.client_id, f"round {rec.round}: submission in a slot not its own"
-        result = compute_commit(spec, plan, subs, previous)
         assert result.record == rec, f"round {rec.round}: record differs from its stored submissions"
-        for seed, (a, n) in result.seed_abs.items():
-            old = stats.get(seed, (0.0, 0))
-            stats[seed] = (old[0] + a, old[1] + n)
-        previous = rec.hash
     return len(records)
