@@ -241,7 +241,13 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
         split = f"Dirichlet alpha={args.alpha}"
     federation = HypergradientFederation if args.hypergradient else InProcessFederation
     fed = federation(
-        replica, weights, objective, [[train[i] for i in p] for p in parts], batch_size=per_client_batch, sampler_seed=args.seed
+        replica,
+        weights,
+        objective,
+        [[train[i] for i in p] for p in parts],
+        batch_size=per_client_batch,
+        sampler_seed=args.seed,
+        together=not args.each,
     )
     name = f"seedfed, {n_clients} client{'s' if n_clients > 1 else ''}, {rule_label(args)}"
     groups = "one seed per round" if args.group_size == 0 else f"groups of {args.group_size} client(s), a seed each"
@@ -403,6 +409,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=0, help="warmup rounds")
     ap.add_argument("--hypergradient", action="store_true", help="adapt the lr online from re-probed seeds")
     ap.add_argument("--group-size", type=int, default=0, help="clients per seed (0: every client probes the round's seed)")
+    ap.add_argument(
+        "--each",
+        action="store_true",
+        help="seedfed rows: each client's own Prober, two forward passes per client (default: one pass per sign for all)",
+    )
     ap.add_argument("--mezo-clip", type=float, default=0.0, help="mezo row: clip each scalar at +-this (0: no clip)")
     ap.add_argument("--pool", type=int, default=4096)
     ap.add_argument("--clients", type=int, default=8)

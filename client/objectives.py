@@ -76,6 +76,13 @@ class ClassificationObjective:
         return float(F.cross_entropy(logits, target))
 
     @torch.inference_mode()
+    def example_losses(self, batch: Sequence[LabelledText]) -> list[float]:
+        """The loss of each example, from one forward pass over the whole batch."""
+        logits = self.logits([ex.text for ex in batch])
+        target = torch.tensor([ex.label for ex in batch], device=logits.device)
+        return F.cross_entropy(logits, target, reduction="none").tolist()
+
+    @torch.inference_mode()
     def predict(self, texts: Sequence[str]) -> list[int]:
         return self.logits(texts).argmax(dim=-1).tolist()
 

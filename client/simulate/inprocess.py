@@ -9,10 +9,18 @@ exactly before the next client probes.
 
 Bytes on the wire are counted as the serialised size of the protocol
 messages each client would send and receive.
+
+With ``together`` set, a round in which every client probes the same single
+seed (group_size 0, local_steps 1) runs one forward pass per sign over all
+clients' minibatches instead of two per client: the same minibatches, seed,
+scale and byte encoding, so each client's scalar is its own two losses'
+difference; only the float rounding of a batched forward differs, so a byte
+can differ by one from a separate client's. The pass count falls from 2N to 2.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -22,9 +30,9 @@ from typing import Any
 from seedfed.client.data import MinibatchSampler
 from seedfed.client.objectives import Objective
 from seedfed.client.replica import Replica
-from seedfed.client.worker import Assignment, Prober
+from seedfed.client.worker import Assignment, Prober, scalar_uniforms
 from seedfed.shared.ledger import RoundRecord
-from seedfed.shared.quantize import BYTE_MAX, decode_bytes
+from seedfed.shared.quantize import BYTE_MAX, decode_bytes, encode_scalars
 from seedfed.shared.round_math import CommittedRound, RoundPlan, Submission, compute_commit, history_rounds, plan_round
 from seedfed.v1 import coordinator_pb2 as pb
 
@@ -57,6 +65,7 @@ class InProcessFederation:
         client_examples: Sequence[Sequence[Any]],
         batch_size: int | None = None,
         sampler_seed: int = 0,
+        together: bool = False,
     ) -> None:
         if not client_examples:
             raise ValueError("a federation needs at least one client")
@@ -69,6 +78,8 @@ class InProcessFederation:
             for i, examples in enumerate(client_examples)
         ]
         self.weights = weights
+        self.objective = objective
+        self.together = together and hasattr(objective, "example_losses") and not getattr(weights, "dual", False)
         self.stats: dict[int, tuple[float, int]] = {}
         self.history: list[RoundRecord] = []
         self.recent: deque[CommittedRound] = deque(maxlen=history_rounds(self.spec))  # what later rounds' arithmetic reads
@@ -77,16 +88,53 @@ class InProcessFederation:
         """The coordinator's plan for the next round (a benchmark may override it to try a rule)."""
         return plan_round(self.spec, round_no, 0, self.client_ids, self.stats, time.time(), tuple(self.recent))
 
+    def _probe_each(self, plan: RoundPlan) -> list[tuple[bytes, float]]:
+        """Each client's Prober on its own seeds: what a client daemon runs."""
+        out = []
+        for slot, prober in enumerate(self.probers):
+            result = prober.work(Assignment(plan.round, slot, plan.seeds_of_slot(slot), plan.lr, plan.scalar_scale))
+            out.append((result.scalars, result.loss))
+        return out
+
+    def _probe_together(self, plan: RoundPlan) -> list[tuple[bytes, float]]:
+        """Every client on the round's one seed: one forward pass per sign over all minibatches."""
+        import torch
+
+        seed, eps = plan.group_seeds[0][0], self.spec.eps
+        batches = [prober.sampler.next_batch() for prober in self.probers]
+        examples = [ex for batch in batches for ex in batch]
+        try:
+            with torch.no_grad():
+                self.weights.perturb(seed, eps)
+                plus = self.objective.example_losses(examples)
+                self.weights.perturb(seed, -eps)
+                minus = self.objective.example_losses(examples)
+        finally:
+            self.weights.refresh()
+        out = []
+        start = 0
+        for slot, batch in enumerate(batches):
+            end = start + len(batch)
+            loss_plus, loss_minus = math.fsum(plus[start:end]) / len(batch), math.fsum(minus[start:end]) / len(batch)
+            start = end
+            g = (loss_plus - loss_minus) / (2.0 * eps)
+            uniforms = scalar_uniforms(self.spec.task_seed, plan.round, slot, 1)
+            out.append(
+                (encode_scalars([g if math.isfinite(g) else 0.0], plan.scalar_scale, uniforms), 0.5 * (loss_plus + loss_minus))
+            )
+        return out
+
     def run_round(self) -> RoundReport:
         start = time.perf_counter()
         round_no = self.replica.round + 1
         plan = self.plan(round_no)
         submissions: list[Submission] = []
         down = up = 0
-        for slot, (client_id, prober) in enumerate(zip(self.client_ids, self.probers)):
+        one_seed = plan.group_size == 0 and len(plan.group_seeds[0]) == 1
+        work = self._probe_together(plan) if self.together and one_seed else self._probe_each(plan)
+        for slot, (client_id, (scalars, loss)) in enumerate(zip(self.client_ids, work)):
+            submissions.append(Submission(client_id, slot, scalars, loss, time.time()))
             seeds = plan.seeds_of_slot(slot)
-            result = prober.work(Assignment(round_no, slot, seeds, plan.lr, plan.scalar_scale))
-            submissions.append(Submission(client_id, slot, result.scalars, result.loss, time.time()))
             opened = pb.RoundOpen(
                 round=round_no, slot=slot, seeds=seeds, deadline_unix=plan.deadline, lr=plan.lr, scalar_scale=plan.scalar_scale
             )
@@ -96,8 +144,8 @@ class InProcessFederation:
                 client_id=client_id,
                 round=round_no,
                 slot=slot,
-                scalars=result.scalars,
-                loss=result.loss,
+                scalars=scalars,
+                loss=loss,
             )
             up += request.ByteSize() + 5
         commit = compute_commit(self.spec, plan, submissions, self.replica.head_hash, tuple(self.recent))
