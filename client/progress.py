@@ -102,8 +102,15 @@ def _size(n: int) -> str:
 
 
 def read_events(path: str | Path) -> list[dict[str, Any]]:
-    """The events a client wrote, for tests and tools."""
-    p = Path(path)
-    if not p.exists():
+    """The events a client wrote, for tests and tools; a line cut short by a kill is skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
         return []
-    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out

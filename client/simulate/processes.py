@@ -7,7 +7,6 @@ exercises exactly what a deployment runs.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -18,6 +17,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from seedfed.client.progress import read_events
 
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
@@ -111,17 +112,7 @@ class ClientProcess(ManagedProcess):
 
     def events(self) -> list[dict]:
         """The client's event log (JSON lines), tolerant of a line cut by a kill."""
-        out = []
-        try:
-            lines = self.events_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return out
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
+        return read_events(self.events_path)
 
 
 def start_client(

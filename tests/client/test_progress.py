@@ -39,3 +39,10 @@ def test_progress_bar_for_long_catch_ups():
     short = io.StringIO()
     Reporter(quiet=False, stream=short).progress(3, 3, "catching up")
     assert short.getvalue() == ""
+
+
+def test_read_events_skips_a_line_cut_short_and_a_missing_file(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "e.jsonl"
+    path.write_text('{"event": "joined"}\n{"event": "commi')
+    assert read_events(path) == [{"event": "joined"}]
+    assert read_events(tmp_path / "missing.jsonl") == []
