@@ -193,7 +193,7 @@ class HypergradientFederation(InProcessFederation):
 
 
 def rule_label(args) -> str:
-    parts = [f"step {args.step_rule}"]
+    parts = [f"step {args.step_rule}" + (f" (clip {args.step_clip:g})" if args.step_rule == "spread" else "")]
     if args.warmup or args.lr_schedule != "constant":
         parts.append(f"warmup {args.warmup} + {args.lr_schedule} decay")
     if args.hypergradient:
@@ -221,6 +221,7 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
         max_rounds=args.steps,
         warmup_rounds=args.warmup,
         step_rule=args.step_rule,
+        step_clip=args.step_clip,
         pool_size=args.pool,
         local_steps=1,
         group_size=args.group_size,
@@ -405,6 +406,7 @@ def main() -> None:
     ap.add_argument("--scalar-scale", type=float, default=0.05)
     ap.add_argument("--scale-rule", choices=("fixed", "adaptive"), default="fixed")
     ap.add_argument("--step-rule", choices=("constant", "spread"), default="constant")
+    ap.add_argument("--step-clip", type=float, default=1.0, help="spread: clip each report at this many spreads (0: none)")
     ap.add_argument("--lr-schedule", choices=("constant", "linear", "cosine"), default="constant")
     ap.add_argument("--warmup", type=int, default=0, help="warmup rounds")
     ap.add_argument("--hypergradient", action="store_true", help="adapt the lr online from re-probed seeds")

@@ -204,7 +204,10 @@ def spread(plan: RoundPlan, submissions: Sequence[Submission]) -> float:
     of every report, at least one byte, at the round's scale. Dividing by it
     makes the step a function of how the scalars compare with each other, not of
     the loss's scale, which drifts over a run (FZOO normalises by the spread of
-    its perturbations' losses). A median, so a minority of faulty reports moves it little."""
+    its perturbations' losses). A median, so a minority of faulty reports moves it
+    little. Each report is clipped at step_clip spreads before it is aggregated: the
+    scalars of small minibatches are heavy-tailed, and a clipped mean of them
+    carries more of the common signal than their mean (docs/decisions.md)."""
     m = median_magnitude([(0, [s.scalars for s in submissions])])
     return max(m[0] if m else 1, 1) * plan.scalar_scale
 
@@ -218,7 +221,8 @@ def compute_commit(
 ) -> CommitResult:
     """Per group and step: aggregate the decoded scalars with the task's rule;
     divide by the number of groups that reported; integer steps by the lr
-    schedule (under step_rule spread, divided by the round's spread) with keyed
+    schedule (under step_rule spread: reports clipped at step_clip spreads, lr
+    divided by the round's spread) with keyed
     stochastic rounding; chain the hash. ``history``: the
     committed rounds just before this one (at least history_rounds(spec) of
     them where stored). Under screened_mean a saturated round commits no step."""
@@ -230,9 +234,15 @@ def compute_commit(
     n_reporting = len(by_group)
     contributions: list[tuple[int, float]] = []
     seed_abs: dict[int, tuple[float, int]] = {}
+    lr = plan.lr
+    cap = math.inf
+    if spec.step_rule == "spread":
+        typical = spread(plan, submissions)
+        lr /= typical
+        cap = spec.step_clip * typical if spec.step_clip > 0 else math.inf
     for group in sorted(by_group):
         subs = by_group[group]
-        rows = [_values(plan, s) for s in subs]
+        rows = [[max(-cap, min(cap, v)) for v in _values(plan, s)] for s in subs]
         if screened:
             kept = [r for r, s in zip(rows, subs) if s.client_id not in left_out] or rows
             aggs = clipped_mean(kept, spec.screen_clip, plan.scalar_scale)
@@ -242,7 +252,6 @@ def compute_commit(
             contributions.append((seed, agg / n_reporting))
             a, n = seed_abs.get(seed, (0.0, 0))
             seed_abs[seed] = (a + abs(agg), n + 1)
-    lr = plan.lr / spread(plan, submissions) if spec.step_rule == "spread" else plan.lr
     entries = integer_steps(contributions, lr=lr, unit=spec.unit, task_seed=spec.task_seed, round_no=plan.round)
     losses = [s.loss for s in submissions if s.loss is not None and math.isfinite(s.loss)]
     mean_loss = math.fsum(losses) / len(losses) if losses else None

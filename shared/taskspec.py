@@ -68,6 +68,7 @@ class TaskSpec:
     max_rounds: int = 0  # 0: open-ended; also the horizon of decaying schedules
     warmup_rounds: int = 0  # the lr rises linearly over these first rounds, then follows lr_schedule
     step_rule: str = "constant"  # spread: each round's steps are divided by the typical size of its scalars
+    step_clip: float = 1.0  # spread: each report is clipped at this many spreads before it is aggregated (0: no clip)
     pool_size: int = 4096  # K; 0 means unbounded seeds
     local_steps: int = 1  # seeds each client probes per round
     group_size: int = 0  # clients that probe the same seeds; 0 means all clients of the round
@@ -132,6 +133,7 @@ class TaskSpec:
         need(self.max_rounds >= 0, "max_rounds must be >= 0")
         need(0 <= self.warmup_rounds <= 1_000_000, "warmup_rounds must lie in [0, 1000000]")
         need(self.step_rule in STEP_RULES, f"step_rule must be one of {STEP_RULES}")
+        need(math.isfinite(self.step_clip) and 0 <= self.step_clip <= 1000, "step_clip must lie in [0, 1000] (0: no clip)")
         need(0 <= self.pool_size <= 2**24, "pool_size must lie in [0, 2**24] (0: unbounded)")
         need(1 <= self.local_steps <= 4096, "local_steps must lie in [1, 4096]")
         need(0 <= self.group_size <= 100_000, "group_size must lie in [0, 100000]")
@@ -203,7 +205,7 @@ class TaskSpec:
         if self.warmup_rounds == 0:
             del d["warmup_rounds"]
         if self.step_rule == "constant":
-            del d["step_rule"]
+            del d["step_rule"], d["step_clip"]
         if self.aggregation != "screened_mean":
             del d["screen_rounds"], d["screen_threshold"], d["screen_clip"]
         return d

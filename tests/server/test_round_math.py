@@ -47,22 +47,27 @@ def test_commit_aggregates_in_groups_and_averages_over_groups() -> None:
     assert result.seed_abs[g1[0]][0] >= 5.0
 
 
-def test_spread_rule_divides_the_steps_by_the_median_report_size() -> None:
+def test_spread_rule_divides_the_steps_by_the_median_report_size_and_clips_reports() -> None:
     clients = ["a", "b", "c"]
     subs = [Submission("a", 0, bytes([4]), None, 0.0), Submission("b", 1, bytes([6]), None, 0.0)]
     subs.append(Submission("c", 2, bytes([127]), None, 0.0))  # one huge report moves a median little
-    results = {}
-    for rule in ("constant", "spread"):
-        spec = make_spec(step_rule=rule, pool_size=1000, scalar_scale=0.5, lr=1e-3)
+    spread = 6 * 0.5  # the median |byte| of the round, at its scale
+    cases = {  # (step_rule, step_clip): (aggregated scalar, lr divisor)
+        ("constant", 1.0): ((4 + 6 + 127) / 3 * 0.5, 1.0),
+        ("spread", 0.0): ((4 + 6 + 127) / 3 * 0.5, spread),
+        ("spread", 1.0): ((2.0 + 3.0 + 3.0) / 3, spread),  # each report clipped at one spread
+        ("spread", 0.5): ((1.5 + 1.5 + 1.5) / 3, spread),
+    }
+    results = set()
+    for (rule, clip), (aggregated, divisor) in cases.items():
+        spec = make_spec(step_rule=rule, step_clip=clip, pool_size=1000, scalar_scale=0.5, lr=1e-3)
         plan = plan_round(spec, 2, 1, clients, {}, 0.0)
-        results[rule] = compute_commit(spec, plan, subs, b"\0" * 32).record.entries
+        entries = compute_commit(spec, plan, subs, b"\0" * 32).record.entries
         seed = plan.group_seeds[0][0]
-        mean = (4 + 6 + 127) / 3 * 0.5
-        spread = 6 * 0.5  # the median |byte| of the round, at its scale
-        lr = plan.lr / spread if rule == "spread" else plan.lr
-        expected = integer_steps([(seed, mean)], lr=lr, unit=spec.unit, task_seed=spec.task_seed, round_no=2)
-        assert results[rule] == expected
-    assert results["constant"] != results["spread"]
+        lr = plan.lr / divisor
+        assert entries == integer_steps([(seed, aggregated)], lr=lr, unit=spec.unit, task_seed=spec.task_seed, round_no=2)
+        results.add(tuple(entries.items()))
+    assert len(results) == len(cases)
 
 
 def test_spread_rule_counts_an_all_zero_round_as_one_byte() -> None:

@@ -162,10 +162,14 @@ def test_step_rule_and_warmup_are_validated_and_leave_old_genesis_bytes_alone():
         spec(step_rule="adam").validate()
     with pytest.raises(TaskSpecError, match="warmup_rounds"):
         spec(warmup_rounds=-1).validate()
+    with pytest.raises(TaskSpecError, match="step_clip"):
+        spec(step_rule="spread", step_clip=float("nan")).validate()
+    assert b"step_clip" not in spec(step_clip=3.0).canonical_bytes()  # only the spread rule reads it
     assert b"step_rule" not in spec().canonical_bytes() and b"warmup" not in spec().canonical_bytes()
     new = spec(step_rule="spread", warmup_rounds=10)
     assert new.validate().genesis_hash() != spec().genesis_hash()
     assert b'"step_rule":"spread"' in new.canonical_bytes() and b'"warmup_rounds":10' in new.canonical_bytes()
+    assert b'"step_clip":1.0' in new.canonical_bytes()
 
 
 # -- ledger ---------------------------------------------------------------------------------
