@@ -81,8 +81,9 @@ def _parse_set(pairs: tuple[str, ...]) -> dict[str, object]:
     "--step-rule",
     type=click.Choice(STEP_RULES),
     default=None,
-    help="constant (default): a step is -lr x scalar; spread: divided by the round's median scalar size, "
-    "so lr is the step a typical scalar makes (docs/decisions.md).",
+    help="constant (default): a step is -lr x the mean scalar; spread: each scalar clipped at step_clip "
+    "(default 1) times the round's median scalar size and the mean divided by that size, so lr is the step "
+    "a typical scalar makes (docs/decisions.md; measured best in docs/bench/quality_sst2.md).",
 )
 @click.option(
     "--lr-schedule",

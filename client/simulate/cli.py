@@ -315,7 +315,8 @@ def client_report(proc) -> dict:
     type=click.Choice(STEP_RULES),
     default="constant",
     show_default=True,
-    help="spread: each round's steps divided by its median scalar size (then --lr is the step a typical scalar makes)",
+    help="spread: scalars clipped at the round's median scalar size and steps divided by it "
+    "(then --lr is the step a typical scalar makes)",
 )
 @click.option("--lr-schedule", type=click.Choice(SCHEDULES), default="constant", show_default=True, help="decay over --rounds")
 @click.option("--warmup-rounds", default=0, show_default=True, type=click.IntRange(0, 100_000), help="linear lr warmup")
