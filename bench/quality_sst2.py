@@ -359,9 +359,10 @@ def write_report(rows: list[Row], args, out: Path) -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(11, 5.5))
-        for r in rows:
-            if len(r.curve) > 1 and not r.name.startswith("first-order"):
-                ax.plot([s for s, _ in r.curve], [100 * a for _, a in r.curve], marker="o", ms=3, label=r.name)
+        curves = [r for r in rows if len(r.curve) > 1 and not r.name.startswith("first-order")]
+        for i, r in enumerate(curves):
+            style = {"color": plt.cm.tab20(i % 20), "ls": "--" if r.name.startswith("mezo") else "-"}
+            ax.plot([s for s, _ in r.curve], [100 * a for _, a in r.curve], marker="o", ms=3, label=r.name, **style)
         zs = [r for r in rows if r.name == "zero-shot"]
         if zs:
             ax.axhline(100 * zs[0].final_accuracy, color="grey", ls="--", lw=1, label="zero-shot")
