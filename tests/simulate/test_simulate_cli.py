@@ -144,9 +144,12 @@ def test_simulate_runs_a_four_class_task_from_a_labelled_file(tmp_path: Path, fo
     r = seedfed(
         "simulate", "--data", str(data), "--labels", FOUR_LABELS, "--template", "news about {label}",
         "--clients", "2", "--rounds", "3", "--split", "dirichlet", "--model", str(model), "--out", str(out), "--timeout", "500",
+        "--step-rule", "spread", "--scale-rule", "adaptive", "--warmup-rounds", "1", "--lr-schedule", "cosine",
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     spec, records = load_history(f"sqlite:///{out / 'coordinator.db'}", "demo", None)
+    assert (spec.step_rule, spec.scale_rule, spec.warmup_rounds) == ("spread", "adaptive", 1)
+    assert any(rec.steps for rec in records)  # the spread rule's steps reached the ledger and every client
     assert spec.objective.kind == "classification"
     assert spec.objective.labels == ("sports", "world", "science", "business")
     assert spec.objective.template == "news about {label}"
