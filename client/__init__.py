@@ -1,0 +1,9 @@
+"""The edge side: client daemon, torch engine, export, evaluation and the local federation."""
+
+import os
+
+# transformers (5.25 and later, with the `kernels` package installed) swaps some
+# layers' forward for one that fetches kernels from the Hugging Face hub. A
+# replica must run the exact modules it was given, offline; and that forward's
+# context handling breaks when the two passes of a probe run in two threads.
+os.environ.setdefault("USE_HUB_KERNELS", "0")
