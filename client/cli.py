@@ -12,9 +12,21 @@ from pathlib import Path
 import click
 
 from seedfed.shared.taskspec import AGGREGATIONS, SCALE_RULES, SCHEDULES, STEP_RULES, Objective, TaskSpec, TaskSpecError
+from seedfed.shared.wire import CLIENT_NAME, TASK_ID, FieldLimit
 
 # genesis fields `init` takes from its own options or computes; --set may override the rest
 _COMPUTED = {"task_id", "base_model", "base_digest", "manifest_digest", "objective", "generator"}
+
+
+def _wire_field(limit: FieldLimit):
+    """A click callback refusing a value the coordinator would refuse, before anything loads."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is not None and not limit.check(value):
+            raise click.BadParameter(f"{value!r} is not a valid {limit.name}: {limit.rule}")
+        return value
+
+    return check
 
 
 def _parse_set(pairs: tuple[str, ...]) -> dict[str, object]:
@@ -135,7 +147,7 @@ def init_task(
 
 @click.command("client")
 @click.option("--coordinator", required=True, metavar="HOST:PORT", help="Address of the coordinator.")
-@click.option("--task", "task_id", required=True, help="Task id to join.")
+@click.option("--task", "task_id", required=True, callback=_wire_field(TASK_ID), help="Task id to join.")
 @click.option(
     "--data",
     required=True,
@@ -148,6 +160,7 @@ def init_task(
 @click.option(
     "--name",
     default=None,
+    callback=_wire_field(CLIENT_NAME),
     help="Stable device name; a restart under the same name keeps its identity (default: derived from --cache).",
 )
 @click.option("--compute-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True)

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from seedfed.shared.ledger import LedgerError, RoundRecord
-from seedfed.shared.taskspec import TaskSpec, genesis_hash_of
+from seedfed.shared.taskspec import TASK_ID_PATTERN, TaskSpec, genesis_hash_of
 from seedfed.v1 import coordinator_pb2 as pb
 
 # Every refusal carries a machine-readable reason in this trailing metadata key.
@@ -42,7 +42,7 @@ class FieldLimit:
 # The genesis's own rule for a task id (tasks.task_id is 64 wide).
 TASK_ID = FieldLimit(
     "task_id",
-    re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"),
+    TASK_ID_PATTERN,
     "1-64 of [A-Za-z0-9_.-], starting with a letter or digit",
     "bad-task-id",
 )

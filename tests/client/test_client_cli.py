@@ -70,3 +70,16 @@ def test_init_refuses_bad_input(tmp_path, engine, gpt2_dir):
     )
     assert r.exit_code == 0, r.output
     assert TaskSpec.load_toml(tmp_path / "d.toml").objective.kind == "causal_lm"
+
+
+def test_client_refuses_fields_the_coordinator_would_refuse(tmp_path):
+    from seedfed.client.cli import client
+
+    data = tmp_path / "d.tsv"
+    data.write_text("good\t1\n")
+    base = ["--coordinator", "127.0.0.1:1", "--data", str(data), "--cache", str(tmp_path / "c"), "--insecure"]
+    r = CliRunner().invoke(client, [*base, "--task", "no spaces"])
+    assert r.exit_code == 2 and "task_id" in r.output and "1-64 of" in r.output
+    r = CliRunner().invoke(client, [*base, "--task", "t", "--name", "-leading-dash"])
+    assert r.exit_code == 2 and "name" in r.output and "starting with a letter or digit" in r.output
+    assert not (tmp_path / "c").exists()  # refused before the cache is made
