@@ -29,6 +29,7 @@ DISTRIBUTIONS = ("rademacher",)
 OBJECTIVES = ("causal_lm", "classification")
 # A task id: also a wire field (seedfed.shared.wire.TASK_ID) and a 64-wide column.
 TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+TASK_ID_RULE = "1-64 of [A-Za-z0-9_.-], starting with a letter or digit"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -120,7 +121,7 @@ class TaskSpec:
             if not ok:
                 problems.append(msg)
 
-        need(bool(TASK_ID_PATTERN.fullmatch(self.task_id)), f"task_id {self.task_id!r} must be 1-64 of [A-Za-z0-9_.-]")
+        need(bool(TASK_ID_PATTERN.fullmatch(self.task_id)), f"task_id {self.task_id!r} must be {TASK_ID_RULE}")
         need(0 < len(self.base_model) <= 512, "base_model must be a non-empty path or id")
         need(bool(_HEX64.fullmatch(self.base_digest)), "base_digest must be 64 lowercase hex digits")
         need(bool(_HEX64.fullmatch(self.manifest_digest)), "manifest_digest must be 64 lowercase hex digits")

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from seedfed.shared.ledger import LedgerError, RoundRecord
-from seedfed.shared.taskspec import TASK_ID_PATTERN, TaskSpec, genesis_hash_of
+from seedfed.shared.taskspec import TASK_ID_PATTERN, TASK_ID_RULE, TaskSpec, genesis_hash_of
 from seedfed.v1 import coordinator_pb2 as pb
 
 # Every refusal carries a machine-readable reason in this trailing metadata key.
@@ -43,7 +43,7 @@ class FieldLimit:
 TASK_ID = FieldLimit(
     "task_id",
     TASK_ID_PATTERN,
-    "1-64 of [A-Za-z0-9_.-], starting with a letter or digit",
+    TASK_ID_RULE,
     "bad-task-id",
 )
 # A device name (clients.name is 128 wide); a token's name is one too.
