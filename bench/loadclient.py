@@ -46,6 +46,11 @@ def make_spec(**overrides: Any) -> TaskSpec:
 
 
 ScalarFn = Callable[[str, int, int, int], bytes]  # (name, round, slot, n_seeds) -> scalars
+LossFn = Callable[[str, int], float]  # (name, round) -> the loss a client reports
+
+
+def constant_loss(name: str, round_no: int) -> float:
+    return 0.5
 
 
 def hashed_scalars(name: str, round_no: int, slot: int, n: int) -> bytes:
@@ -73,6 +78,7 @@ class ScriptedClient:
     name: str
     base_digest: str
     scalars: ScalarFn = hashed_scalars
+    losses: LossFn = constant_loss
     submit_delay: float = 0.0
     auto_submit: bool = True  # False: record RoundOpen events, submit nothing (silent or hand-driven clients)
     client_id: str = ""
@@ -166,7 +172,7 @@ class ScriptedClient:
         if self.submit_delay:
             await asyncio.sleep(self.submit_delay)
         try:
-            await self.submit(round_no, slot, self.scalars(self.name, round_no, slot, n))
+            await self.submit(round_no, slot, self.scalars(self.name, round_no, slot, n), self.losses(self.name, round_no))
         except grpc.RpcError:
             pass  # recorded in refusals (or the coordinator went away)
 

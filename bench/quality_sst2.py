@@ -50,7 +50,14 @@ TEMPLATE = "a {label} review"
 # a run of seconds on generated data and a tiny BERT (no SST-2, no pretrained model)
 SMOKE = {"steps": 4, "batch": 4, "eval_every": 2, "clients": 2, "pool": 64, "max_length": 32, "threads": 1}
 # ... through every rule's code path
-SMOKE_RULES = {"step_rule": "spread", "scale_rule": "adaptive", "warmup": 1, "lr_schedule": "cosine", "hypergradient": True}
+SMOKE_RULES = {
+    "step_rule": "spread",
+    "scale_rule": "adaptive",
+    "warmup": 1,
+    "lr_schedule": "cosine",
+    "hypergradient": True,
+    "guard_rounds": 2,
+}
 
 
 def smoke_inputs(root: Path, n: int = 240) -> tuple[Path, Path]:
@@ -198,6 +205,8 @@ def rule_label(args) -> str:
         parts.append(f"warmup {args.warmup} + {args.lr_schedule} decay")
     if args.hypergradient:
         parts.append("hypergradient lr")
+    if args.guard_rounds:
+        parts.append(f"loss guard ({args.guard_rounds} rounds, z {args.guard_z:g})")
     parts.append(f"{args.scale_rule} scale")
     parts.append(f"lr {args.lr:g}")
     return ", ".join(parts)
@@ -222,6 +231,8 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
         warmup_rounds=args.warmup,
         step_rule=args.step_rule,
         step_clip=args.step_clip,
+        guard_rounds=args.guard_rounds,
+        guard_z=args.guard_z,
         pool_size=args.pool,
         local_steps=1,
         group_size=args.group_size,
@@ -277,6 +288,9 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
             f", {fed.compared} re-probes, sign agreement {agreement:.3f}, {len(fed.moves)} lr moves, "
             f"final lr x{2 ** (fed.quarters / 4):.3g} of the schedule's"
         )
+    if fed.guard:
+        at = ", ".join(str(r) for r in fed.guard.rollbacks) or "none"
+        row.notes += f", rollbacks at rounds: {at}, final lr x{fed.guard.lr_factor():g} of the schedule's"
     row.notes += f", digest {replica.digest()[:16]}"
     return row
 
@@ -411,6 +425,8 @@ def main() -> None:
     ap.add_argument("--lr-schedule", choices=("constant", "linear", "cosine"), default="constant")
     ap.add_argument("--warmup", type=int, default=0, help="warmup rounds")
     ap.add_argument("--hypergradient", action="store_true", help="adapt the lr online from re-probed seeds")
+    ap.add_argument("--guard-rounds", type=int, default=0, help="the loss guard's window in rounds (0: off)")
+    ap.add_argument("--guard-z", type=float, default=4.0, help="the loss guard's threshold in standard errors")
     ap.add_argument("--group-size", type=int, default=0, help="clients per seed (0: every client probes the round's seed)")
     ap.add_argument(
         "--each",

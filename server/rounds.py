@@ -40,6 +40,7 @@ from seedfed.server.store import (
 )
 from seedfed.server.writer import StoreWriter
 from seedfed.shared.ledger import RoundRecord, round_payload
+from seedfed.shared.loss_guard import LossGuard
 from seedfed.shared.round_math import CommittedRound, compute_commit, history_rounds, plan_round
 from seedfed.shared.taskspec import TaskSpec
 from seedfed.shared.wire import CLIENT_NAME, DIGEST
@@ -75,6 +76,8 @@ class StreamClosed:
 
 
 Event = CommitEvent | OpenEvent | StreamClosed
+# head, head hash, open attempt, abandoned round, seed statistics, loss guard
+RoundsSnapshot = tuple[int, bytes, OpenRound | None, int, dict[int, tuple[float, int]], LossGuard | None]
 
 
 class Subscription:
@@ -178,6 +181,7 @@ class TaskRounds:
         # made for it is late, not for a wrong slot
         self._abandoned_slots: tuple[int, dict[str, int]] = (0, {})
         self._seed_stats: dict[int, tuple[float, int]] = {}
+        self._guard: LossGuard | None = LossGuard.for_spec(spec)
         self._records: OrderedDict[int, RoundRecord] = OrderedDict()
         self._subs: dict[str, set[Subscription]] = {}
         self._digests: dict[int, dict[str, str]] = {}
@@ -201,17 +205,23 @@ class TaskRounds:
         self._apply_rounds(self._read_rounds())
         self._load_digests()
 
-    def _read_rounds(self) -> tuple[int, bytes, OpenRound | None, int, dict[int, tuple[float, int]]]:
-        """Head, open attempt, abandoned round and seed statistics as stored (writer thread)."""
+    def _read_rounds(self) -> RoundsSnapshot:
+        """Head, open attempt, abandoned round, seed statistics and loss guard as stored (writer thread)."""
         s = self.store
         head, head_hash = s.head(self.task_id)
         o = s.get_open_round(self.task_id)
         abandoned = head + 1 if o is None and s.last_attempt(self.task_id, head + 1) > 0 else 0
         stats = s.seed_stats(self.task_id) if self.spec.sampling == "fedkseed_pro" else {}
-        return head, head_hash, o, abandoned, stats
+        guard = LossGuard.for_spec(self.spec)
+        if guard:
+            # the guard is a function of every committed round's loss and entries
+            losses = s.committed_losses(self.task_id)
+            for rec, loss in zip(s.get_rounds(self.task_id, 1, head), losses, strict=True):
+                guard.record(rec.round, loss, rec.entries)
+        return head, head_hash, o, abandoned, stats, guard
 
-    def _apply_rounds(self, snapshot: tuple[int, bytes, OpenRound | None, int, dict[int, tuple[float, int]]]) -> None:
-        self.head_round, self.head_hash, o, self._abandoned_round, self._seed_stats = snapshot
+    def _apply_rounds(self, snapshot: RoundsSnapshot) -> None:
+        self.head_round, self.head_hash, o, self._abandoned_round, self._seed_stats, self._guard = snapshot
         self.open = None
         if o is not None:
             slot_of = o.plan.slot_of()
@@ -494,7 +504,7 @@ class TaskRounds:
         round_no = self.head_round + 1
         attempt = await self.writer.run(self.store.last_attempt, self.task_id, round_no) + 1
         history = await self.writer.run(self._history, round_no)
-        plan = plan_round(self.spec, round_no, attempt, client_ids, self._seed_stats, self.now(), history)
+        plan = plan_round(self.spec, round_no, attempt, client_ids, self._seed_stats, self.now(), history, self._guard)
         await self.writer.run(self.store.open_round, plan)
         slot_of = plan.slot_of()
         self.open = OpenState(plan, slot_of, {}, set(slot_of))
@@ -532,10 +542,12 @@ class TaskRounds:
         if current is None or (current.plan.round, current.plan.attempt) != (plan.round, plan.attempt):
             raise StoreConflict(f"round {plan.round} attempt {plan.attempt} is no longer open")
         history = self._history(plan.round)
-        result = compute_commit(self.spec, current.plan, list(current.submissions.values()), self.head_hash, history)
+        result = compute_commit(self.spec, current.plan, list(current.submissions.values()), self.head_hash, history, self._guard)
         self.store.commit_round(self.task_id, plan.round, plan.attempt, result, self.now())
         if result.saturated:
             log.info("task %s round %d: bytes saturated at scale %g, no step", self.task_id, plan.round, plan.scalar_scale)
+        if result.rolled_back:
+            log.info("task %s round %d: loss rose: back to the best window's weights, lr halved", self.task_id, plan.round)
         if result.left_out:
             log.info("task %s round %d: outlying clients left out: %s", self.task_id, plan.round, ", ".join(result.left_out))
         return result
@@ -549,6 +561,8 @@ class TaskRounds:
         self._ledger_bytes += len(round_payload(rec.round, rec.entries))
         if result.mean_loss is not None:
             self._last_loss = result.mean_loss
+        if self._guard:
+            self._guard.record(rec.round, result.mean_loss, rec.entries)
         for seed, (a, n) in result.seed_abs.items():
             old = self._seed_stats.get(seed, (0.0, 0))
             self._seed_stats[seed] = (old[0] + a, old[1] + n)

@@ -379,6 +379,16 @@ class SqlStore(LedgerStore):
             self._task_row(s, task_id)
             return self._records(s, task_id, first, last)
 
+    def committed_losses(self, task_id: str) -> list[float | None]:
+        with self._tx() as s:
+            self._task_row(s, task_id)
+            rows = s.execute(
+                select(RoundRow.mean_loss)
+                .where(RoundRow.task_id == task_id, RoundRow.status == ROUND_COMMITTED)
+                .order_by(RoundRow.round)
+            )
+            return [loss for (loss,) in rows]
+
     @staticmethod
     def _records(s: Session, task_id: str, first: int, last: int | None) -> list[RoundRecord]:
         q = select(RoundRow.round, RoundRow.hash).where(

@@ -190,6 +190,11 @@ class LedgerStore(abc.ABC):
         """Committed rounds first..last inclusive (last None: up to the head)."""
 
     @abc.abstractmethod
+    def committed_losses(self, task_id: str) -> list[float | None]:
+        """The mean reported loss of each committed round, rounds 1..head in order
+        (None where no client reported one, as for imported rounds)."""
+
+    @abc.abstractmethod
     def round_attempts(self, task_id: str) -> list[RoundAttempt]: ...
 
     @abc.abstractmethod

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from seedfed.shared.aggregate import aggregate, clipped_mean, deviations, outlying
 from seedfed.shared.assignment import pro_probabilities, uniform_seeds, weighted_seeds
 from seedfed.shared.ledger import RoundRecord, make_record
+from seedfed.shared.loss_guard import LossGuard
 from seedfed.shared.quantize import decode_bytes
 from seedfed.shared.scale import SCALE_ROUNDS, median_magnitude, next_scale
 from seedfed.shared.steps import integer_steps
@@ -84,6 +85,7 @@ class CommitResult:
     mean_loss: float | None
     left_out: tuple[str, ...] = field(default=())  # screened_mean: clients whose reports did not count
     saturated: bool = False  # screened_mean: the bytes sat near +-127, so the round committed no step
+    rolled_back: bool = False  # the loss guard: the round committed the undo of the steps since the best window
 
 
 def history_rounds(spec: TaskSpec) -> int:
@@ -123,9 +125,11 @@ def plan_round(
     seed_stats: Mapping[int, tuple[float, int]],
     opened_at: float,
     history: Sequence[CommittedRound] = (),
+    guard: LossGuard | None = None,
 ) -> RoundPlan:
     """Slots in the given (stable) order; each group's seeds from (task seed, round, group);
-    the scale from the round before (adaptive) or the genesis."""
+    the scale from the round before (adaptive) or the genesis; the lr from the
+    schedule, halved once per rollback of the loss guard (fed every committed round)."""
     _check_history(round_no, history)
     scale = spec.scalar_scale
     if spec.scale_rule == "adaptive":
@@ -143,7 +147,7 @@ def plan_round(
         attempt=attempt,
         opened_at=opened_at,
         deadline=opened_at + spec.round_deadline_s,
-        lr=spec.lr_at(round_no),
+        lr=spec.lr_at(round_no) * (guard.lr_factor() if guard else 1.0),
         group_size=spec.group_size,
         group_seeds=tuple(tuple(g) for g in groups),
         slots=tuple(client_ids),
@@ -218,6 +222,7 @@ def compute_commit(
     submissions: Sequence[Submission],
     previous_hash: bytes,
     history: Sequence[CommittedRound] = (),
+    guard: LossGuard | None = None,
 ) -> CommitResult:
     """Per group and step: aggregate the decoded scalars with the task's rule;
     divide by the number of groups that reported; integer steps by the lr
@@ -225,7 +230,9 @@ def compute_commit(
     divided by the round's spread) with keyed
     stochastic rounding; chain the hash. ``history``: the
     committed rounds just before this one (at least history_rounds(spec) of
-    them where stored). Under screened_mean a saturated round commits no step."""
+    them where stored). Under screened_mean a saturated round commits no step.
+    ``guard``: the task's loss guard, fed every round before this one; when it
+    rolls back, the round commits its undo instead of its own steps."""
     _check_history(plan.round, history)
     screened = spec.aggregation == "screened_mean"
     blind = screened and saturated(spec, plan, submissions)
@@ -252,11 +259,21 @@ def compute_commit(
             contributions.append((seed, agg / n_reporting))
             a, n = seed_abs.get(seed, (0.0, 0))
             seed_abs[seed] = (a + abs(agg), n + 1)
-    entries = integer_steps(contributions, lr=lr, unit=spec.unit, task_seed=spec.task_seed, round_no=plan.round)
     losses = [s.loss for s in submissions if s.loss is not None and math.isfinite(s.loss)]
     mean_loss = math.fsum(losses) / len(losses) if losses else None
+    undo = guard.undo(plan.round, mean_loss) if guard else None
+    if undo is None:
+        entries = integer_steps(contributions, lr=lr, unit=spec.unit, task_seed=spec.task_seed, round_no=plan.round)
+    else:
+        entries = undo
     return CommitResult(
-        make_record(previous_hash, plan.round, entries), seed_abs, len(submissions), mean_loss, tuple(sorted(left_out)), blind
+        make_record(previous_hash, plan.round, entries),
+        seed_abs,
+        len(submissions),
+        mean_loss,
+        tuple(sorted(left_out)),
+        blind,
+        undo is not None,
     )
 
 
@@ -270,10 +287,15 @@ def recompute(
     for the caller to hold against what was stored."""
     stats: dict[int, tuple[float, int]] = {}
     history: deque[CommittedRound] = deque(maxlen=history_rounds(spec))
+    guard = LossGuard.for_spec(spec)
     for done in stored:
-        plan = plan_round(spec, done.plan.round, done.plan.attempt, done.plan.slots, stats, done.plan.opened_at, tuple(history))
-        result = compute_commit(spec, done.plan, done.submissions, previous_hash, tuple(history))
+        plan = plan_round(
+            spec, done.plan.round, done.plan.attempt, done.plan.slots, stats, done.plan.opened_at, tuple(history), guard
+        )
+        result = compute_commit(spec, done.plan, done.submissions, previous_hash, tuple(history), guard)
         yield done, plan, result
+        if guard:
+            guard.record(done.plan.round, result.mean_loss, result.record.entries)
         for seed, (a, n) in result.seed_abs.items():
             old = stats.get(seed, (0.0, 0))
             stats[seed] = (old[0] + a, old[1] + n)

@@ -71,6 +71,8 @@ class TaskSpec:
     warmup_rounds: int = 0  # the lr rises linearly over these first rounds, then follows lr_schedule
     step_rule: str = "constant"  # spread: each round's steps are divided by the typical size of its scalars
     step_clip: float = 1.0  # spread: each report is clipped at this many spreads before it is aggregated (0: no clip)
+    guard_rounds: int = 0  # the loss guard's window (0: off): a window whose loss rose rolls back and halves the lr
+    guard_z: float = 4.0  # the loss guard: how many standard errors above the best window's loss count as a rise
     pool_size: int = 4096  # K; 0 means unbounded seeds
     local_steps: int = 1  # seeds each client probes per round
     group_size: int = 0  # clients that probe the same seeds; 0 means all clients of the round
@@ -135,6 +137,8 @@ class TaskSpec:
         need(self.max_rounds >= 0, "max_rounds must be >= 0")
         need(0 <= self.warmup_rounds <= 1_000_000, "warmup_rounds must lie in [0, 1000000]")
         need(self.step_rule in STEP_RULES, f"step_rule must be one of {STEP_RULES}")
+        need(0 <= self.guard_rounds <= 1_000_000, "guard_rounds must lie in [0, 1000000] (0: no loss guard)")
+        need(math.isfinite(self.guard_z) and 0 < self.guard_z <= 100, "guard_z must lie in (0, 100]")
         need(math.isfinite(self.step_clip) and 0 <= self.step_clip <= 1000, "step_clip must lie in [0, 1000] (0: no clip)")
         need(0 <= self.pool_size <= 2**24, "pool_size must lie in [0, 2**24] (0: unbounded)")
         need(1 <= self.local_steps <= 4096, "local_steps must lie in [1, 4096]")
@@ -208,6 +212,8 @@ class TaskSpec:
             del d["warmup_rounds"]
         if self.step_rule == "constant":
             del d["step_rule"], d["step_clip"]
+        if self.guard_rounds == 0:
+            del d["guard_rounds"], d["guard_z"]
         if self.aggregation != "screened_mean":
             del d["screen_rounds"], d["screen_threshold"], d["screen_clip"]
         return d

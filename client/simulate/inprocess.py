@@ -32,6 +32,7 @@ from seedfed.client.objectives import Objective
 from seedfed.client.replica import Replica
 from seedfed.client.worker import Assignment, Prober, scalar_uniforms
 from seedfed.shared.ledger import RoundRecord
+from seedfed.shared.loss_guard import LossGuard
 from seedfed.shared.quantize import BYTE_MAX, decode_bytes, encode_scalars
 from seedfed.shared.round_math import CommittedRound, RoundPlan, Submission, compute_commit, history_rounds, plan_round
 from seedfed.v1 import coordinator_pb2 as pb
@@ -47,6 +48,7 @@ class RoundReport:
     seconds: float
     scalars: int = 0  # one-byte scalars the clients sent
     saturated: int = 0  # of those, bytes at +-127: the codec clipped them
+    rolled_back: bool = False  # the loss guard took the weights back to its best window's
 
 
 def _event_size(event: pb.SyncEvent) -> int:
@@ -83,10 +85,11 @@ class InProcessFederation:
         self.stats: dict[int, tuple[float, int]] = {}
         self.history: list[RoundRecord] = []
         self.recent: deque[CommittedRound] = deque(maxlen=history_rounds(self.spec))  # what later rounds' arithmetic reads
+        self.guard = LossGuard.for_spec(self.spec)
 
     def plan(self, round_no: int) -> RoundPlan:
         """The coordinator's plan for the next round (a benchmark may override it to try a rule)."""
-        return plan_round(self.spec, round_no, 0, self.client_ids, self.stats, time.time(), tuple(self.recent))
+        return plan_round(self.spec, round_no, 0, self.client_ids, self.stats, time.time(), tuple(self.recent), self.guard)
 
     def _probe_each(self, plan: RoundPlan) -> list[tuple[bytes, float]]:
         """Each client's Prober on its own seeds: what a client daemon runs."""
@@ -148,9 +151,11 @@ class InProcessFederation:
                 loss=loss,
             )
             up += request.ByteSize() + 5
-        commit = compute_commit(self.spec, plan, submissions, self.replica.head_hash, tuple(self.recent))
+        commit = compute_commit(self.spec, plan, submissions, self.replica.head_hash, tuple(self.recent), self.guard)
         self.recent.append(CommittedRound(plan, submissions))
         record = commit.record
+        if self.guard:
+            self.guard.record(round_no, commit.mean_loss, record.entries)
         self.replica.apply(record)
         self.weights.refresh()
         for seed, (a, n) in commit.seed_abs.items():
@@ -169,4 +174,5 @@ class InProcessFederation:
             seconds=time.perf_counter() - start,
             scalars=len(sent),
             saturated=sum(abs(b) >= BYTE_MAX for b in sent),
+            rolled_back=commit.rolled_back,
         )

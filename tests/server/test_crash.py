@@ -3,13 +3,15 @@ scripted run and restarted on the same SQLite database every time.
 
 At the end: every hash any client saw before any kill is still the hash of
 that round; the stored history replays exactly (no submission counted twice,
-assignments deterministic); every acknowledged submission is in the
-database; the run reached its last round.
+assignments deterministic, the loss guard's rollbacks and halved lr rebuilt
+from the stored rounds after every restart); every acknowledged submission is
+in the database; the run reached its last round.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from seedfed.client.simulate.processes import ManagedProcess, start_coordinator
 from seedfed.server.db import make_engine
 from seedfed.server.models import SubmissionRow
 from seedfed.server.sql_store import SqlStore
+from seedfed.shared.loss_guard import MAX_HALVINGS
 from seedfed.v1 import coordinator_pb2_grpc as pb_grpc
 
 KILLS = 22
@@ -47,9 +50,20 @@ async def start_process(task_file: Path, db: str, port: int) -> ManagedProcess:
     )
 
 
+GUARD_ROUNDS = 10
+
+
+def sawtooth_loss(name: str, round_no: int) -> float:
+    """Level, except every third window of the loss guard, which rises: a rollback each time."""
+    noise = int.from_bytes(hashlib.sha256(f"{name}/{round_no}".encode()).digest()[:2]) / 65536 / 100
+    return 1.0 + noise + (0.1 if (round_no - 1) // GUARD_ROUNDS % 3 == 2 else 0.0)
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
-    spec = make_spec(min_clients=2, local_steps=4, pool_size=64, round_deadline_s=1.5, max_rounds=ROUNDS)
+    spec = make_spec(
+        min_clients=2, local_steps=4, pool_size=64, round_deadline_s=1.5, max_rounds=ROUNDS, guard_rounds=GUARD_ROUNDS
+    )
     task_file = tmp_path / "task.toml"
     task_file.write_text(spec.to_toml())
     db = f"sqlite:///{tmp_path / 'crash.db'}"
@@ -63,7 +77,14 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
         proc = await start_process(task_file, db, port)
         channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) for _ in range(3)]
         clients = [
-            ScriptedClient(pb_grpc.CoordinatorStub(ch), spec.task_id, f"dev{i}", spec.base_digest, submit_delay=0.01 * (i + 1))
+            ScriptedClient(
+                pb_grpc.CoordinatorStub(ch),
+                spec.task_id,
+                f"dev{i}",
+                spec.base_digest,
+                losses=sawtooth_loss,
+                submit_delay=0.01 * (i + 1),
+            )
             for i, ch in enumerate(channels)
         ]
         runs = [asyncio.create_task(c.run(ROUNDS, retry_delay=0.05)) for c in clients]
@@ -101,6 +122,8 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
         for r, h in seen.items():
             assert records[r - 1].hash == h, f"committed round {r} was lost or changed"
         assert audit(store, spec) == ROUNDS
+        lrs = [store.committed_submissions(spec.task_id, r)[0].lr for r in range(1, ROUNDS + 1)]
+        assert sorted(set(lrs), reverse=True) == [spec.lr / 2**k for k in range(MAX_HALVINGS + 1)]
         with store.engine.connect() as conn:
             stored = {(row.client_id, row.round, bytes(row.scalars)) for row in conn.execute(select(SubmissionRow))}
         for c in clients:

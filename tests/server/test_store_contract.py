@@ -203,6 +203,21 @@ def test_many_rounds_read_back_in_ranges(store: LedgerStore) -> None:
     assert store.get_rounds(SPEC.task_id, 8) == []
 
 
+def test_committed_losses_read_back_exactly_in_round_order(store: LedgerStore) -> None:
+    ids = _setup(store, 2)
+    want = []
+    for r in range(1, 5):
+        plan = _open(store, ids, round_no=r)
+        if r == 2:  # an abandoned attempt's losses are not the round's
+            store.write_batch(WriteBatch(submissions=[dataclasses.replace(_sub(plan, ids[0]), loss=9.0)]))
+            store.abandon_round(SPEC.task_id, r, 1, 11.0)
+            plan = _open(store, ids, round_no=r, attempt=2)
+        subs = [dataclasses.replace(_sub(plan, cid), loss=r / 3 + i / 7) for i, cid in enumerate(ids)]
+        store.write_batch(WriteBatch(submissions=subs))
+        want.append(_commit(store, plan).mean_loss)
+    assert store.committed_losses(SPEC.task_id) == want  # bit for bit: the loss guard is rebuilt from them
+
+
 def test_joins_in_one_batch(store: LedgerStore) -> None:
     from seedfed.server.store import PendingJoin
 
@@ -223,6 +238,7 @@ def test_import_a_verified_history(store: LedgerStore) -> None:
     assert store.import_rounds(SPEC, history[:2], 5.0) == 0  # a prefix of what is stored: nothing to add
     assert store.import_rounds(SPEC, history, 5.0) == 1
     assert store.get_rounds(SPEC.task_id, 1) == history
+    assert store.committed_losses(SPEC.task_id) == [None] * 4  # imported rounds report no loss
     tampered = list(history)
     tampered[1] = dataclasses.replace(tampered[1], hash=b"\0" * 32)
     with pytest.raises(StoreConflict):

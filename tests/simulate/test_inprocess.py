@@ -55,3 +55,22 @@ def test_rounds_commit_the_same_way_either_way(setting) -> None:
     assert all(r.scalars == s.scalars == 4 and r.bytes_up_per_client == s.bytes_up_per_client for r, s in reports)
     assert [r.seeds for r in each.history] == [r.seeds for r in together.history]
     assert each.replica.round == together.replica.round == 3
+
+
+def test_a_loss_guard_rollback_gives_back_the_best_windows_weights(setting) -> None:
+    import dataclasses
+
+    spec, model_dir, shares = setting
+    guarded = dataclasses.replace(spec, guard_rounds=2, guard_z=0.01).validate()  # any rise rolls back
+    fed = federation((guarded, model_dir, shares), together=True)
+    digests = {0: fed.replica.digest()}
+    for _ in range(16):
+        report = fed.run_round()
+        digests[report.round] = fed.replica.digest()
+        assert report.rolled_back == (report.round in fed.guard.rollbacks)
+    assert fed.guard.rollbacks, "no window rose in 16 rounds"
+    for r in fed.guard.rollbacks:
+        kept_ends = [e for e in range(2, r, 2) if e not in fed.guard.rollbacks]
+        assert digests[r] in {digests[e] for e in kept_ends}, f"round {r} did not return to a window's end"
+        assert digests[r] != digests[r - 1]
+    assert fed.plan(17).lr == guarded.lr_at(17) * 2.0 ** -len(fed.guard.rollbacks)

@@ -1,0 +1,112 @@
+"""The loss guard: when the reported loss climbs, go back and halve the lr.
+
+Zeroth-order runs at too large an lr rise for a while and then break down:
+every step also moves the weights along its random direction's noise, and at
+a large lr that random walk outgrows the signal. Lowering the lr afterwards
+stops the damage but does not undo it. The guard does both:
+
+- The rounds are cut into windows of ``guard_rounds``. A window's loss is the
+  mean of its rounds' mean reported losses.
+- When a window ends, its loss is compared with the best earlier window's. If
+  it is higher by more than ``guard_z`` standard errors of the difference,
+  that round commits no step of its own: it commits the negated sum of every
+  step since the best window ended. Integer addition is exact, so the weights
+  are again, bit for bit, the ones that best window ended with.
+- Every later round then runs at half the lr, down to 2**-MAX_HALVINGS of the
+  schedule's; after that the guard stands aside.
+
+The state is a function of the committed rounds alone (their mean losses and
+entries, in order), so a restarted coordinator, a verifier and a simulation
+all derive the same rollbacks. The losses are what clients report: a client
+that lies about its loss can cost the run progress (at most MAX_HALVINGS
+rollbacks), never steer its weights, since a rollback only returns to
+weights the ledger already held.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+MAX_HALVINGS = 4
+
+
+@dataclass(frozen=True)
+class Window:
+    """Running sums of the per-round mean losses of one window."""
+
+    n: int = 0
+    total: float = 0.0
+    squares: float = 0.0
+
+    def plus(self, loss: float | None) -> Window:
+        if loss is None or not math.isfinite(loss):
+            return self
+        return Window(self.n + 1, self.total + loss, self.squares + loss * loss)
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n
+
+    def mean_variance(self) -> float:
+        """The variance of the mean: the rounds' sample variance over n."""
+        var = max(self.squares - self.total * self.total / self.n, 0.0) / (self.n - 1)
+        return var / self.n
+
+
+def rose(window: Window, best: Window, z: float) -> bool:
+    """The window's loss lies more than z standard errors above the best window's."""
+    if window.n < 2 or best.n < 2:
+        return False
+    diff = window.mean - best.mean
+    return diff > 0 and diff * diff > z * z * (window.mean_variance() + best.mean_variance())
+
+
+class LossGuard:
+    """Fed every committed round in order (``record``); asked about the round
+    being committed (``undo``) and the lr of the rounds to come (``lr_factor``)."""
+
+    def __init__(self, guard_rounds: int, guard_z: float) -> None:
+        self.every = guard_rounds
+        self.z = guard_z
+        self.halvings = 0
+        self.rollbacks: list[int] = []  # the rounds that rolled back
+        self.best: Window | None = None
+        self.current = Window()
+        self.since_best: dict[int, int] = {}  # every step since the best window ended, summed per seed
+
+    @classmethod
+    def for_spec(cls, spec) -> LossGuard | None:
+        return cls(spec.guard_rounds, spec.guard_z) if spec.guard_rounds > 0 else None
+
+    def lr_factor(self) -> float:
+        return math.ldexp(1.0, -self.halvings)
+
+    def undo(self, round_no: int, mean_loss: float | None) -> dict[int, int] | None:
+        """The entries round ``round_no`` commits instead of its own steps, or
+        None when it commits its own: the negated steps since the best window
+        ended, when this round ends a window whose loss rose."""
+        if round_no % self.every or self.halvings >= MAX_HALVINGS or self.best is None:
+            return None
+        if not rose(self.current.plus(mean_loss), self.best, self.z):
+            return None
+        return {seed: -q for seed, q in self.since_best.items()}
+
+    def record(self, round_no: int, mean_loss: float | None, entries: Mapping[int, int]) -> None:
+        rolled_back = self.undo(round_no, mean_loss) is not None
+        self.current = self.current.plus(mean_loss)
+        for seed, q in entries.items():
+            total = self.since_best.get(seed, 0) + q
+            if total:
+                self.since_best[seed] = total
+            else:
+                self.since_best.pop(seed, None)
+        if round_no % self.every:
+            return
+        if rolled_back:
+            self.halvings += 1
+            self.rollbacks.append(round_no)
+        elif self.current.n >= 2 and (self.best is None or self.current.mean < self.best.mean):
+            self.best, self.since_best = self.current, {}
+        self.current = Window()
