@@ -49,7 +49,7 @@ def _parse_set(pairs: tuple[str, ...]) -> dict[str, object]:
 
 @click.command("init")
 @click.option("--model", "model_ref", required=True, help="Base model: a Hugging Face model directory or id.")
-@click.option("--task-id", required=True, help="Name of the task (1-64 of A-Z a-z 0-9 _ . -).")
+@click.option("--task-id", required=True, help=f"Name of the task: {TASK_ID.rule}.")
 @click.option("--objective", type=click.Choice(["classification", "causal_lm"]), default="classification", show_default=True)
 @click.option("--labels", default="", help='Label descriptions for classification, comma-separated, e.g. "negative,positive".')
 @click.option(

@@ -12,6 +12,8 @@ import time
 import click
 
 from seedfed.server.db import DEFAULT_DB_URL, DatabaseError
+from seedfed.server.tokens import MAX_TOKEN_NAME
+from seedfed.shared.wire import CLIENT_NAME
 
 DB_ENV = ("SEEDFED_TOKEN_DB", "SEEDFED_COORDINATOR_DB")
 DB_HELP = "coordinator database URL (env SEEDFED_TOKEN_DB or SEEDFED_COORDINATOR_DB)"
@@ -40,7 +42,11 @@ def token() -> None:
 
 
 @token.command("create")
-@click.option("--name", required=True, help="who the token is for (a device or a person): 1-64 of [A-Za-z0-9_.:@-]")
+@click.option(
+    "--name",
+    required=True,
+    help=f"who the token is for (a device or a person): a client name ({CLIENT_NAME.rule}), at most {MAX_TOKEN_NAME} characters",
+)
 @db_option
 def token_create(name: str, db_url: str) -> None:
     """Print a new token for NAME. It is shown only this once: only its hash is stored."""
