@@ -228,9 +228,9 @@ class MemoryStore(LedgerStore):
             last = len(t.committed) if last is None else min(last, len(t.committed))
             return [t.committed[r - 1].record for r in range(first, last + 1)]  # type: ignore[misc]
 
-    def committed_losses(self, task_id: str) -> list[float | None]:
+    def committed_losses(self, task_id: str) -> list[list[float | None]]:
         with self._lock:
-            return [a.mean_loss for a in self._task(task_id).committed]
+            return [[s.loss for s in sorted(a.submissions.values(), key=lambda s: s.slot)] for a in self._task(task_id).committed]
 
     def round_attempts(self, task_id: str) -> list[RoundAttempt]:
         with self._lock:

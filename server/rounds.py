@@ -40,7 +40,7 @@ from seedfed.server.store import (
 )
 from seedfed.server.writer import StoreWriter
 from seedfed.shared.ledger import RoundRecord, round_payload
-from seedfed.shared.loss_guard import LossGuard
+from seedfed.shared.loss_guard import LossGuard, round_loss
 from seedfed.shared.round_math import CommittedRound, compute_commit, history_rounds, plan_round
 from seedfed.shared.taskspec import TaskSpec
 from seedfed.shared.wire import CLIENT_NAME, DIGEST
@@ -214,10 +214,10 @@ class TaskRounds:
         stats = s.seed_stats(self.task_id) if self.spec.sampling == "fedkseed_pro" else {}
         guard = LossGuard.for_spec(self.spec)
         if guard:
-            # the guard is a function of every committed round's loss and entries
+            # the guard is a function of every committed round's reported losses and entries
             losses = s.committed_losses(self.task_id)
-            for rec, loss in zip(s.get_rounds(self.task_id, 1, head), losses, strict=True):
-                guard.record(rec.round, loss, rec.entries)
+            for rec, reported in zip(s.get_rounds(self.task_id, 1, head), losses, strict=True):
+                guard.record(rec.round, round_loss(reported), rec.entries)
         return head, head_hash, o, abandoned, stats, guard
 
     def _apply_rounds(self, snapshot: RoundsSnapshot) -> None:
@@ -562,7 +562,7 @@ class TaskRounds:
         if result.mean_loss is not None:
             self._last_loss = result.mean_loss
         if self._guard:
-            self._guard.record(rec.round, result.mean_loss, rec.entries)
+            self._guard.record(rec.round, result.loss, rec.entries)
         for seed, (a, n) in result.seed_abs.items():
             old = self._seed_stats.get(seed, (0.0, 0))
             self._seed_stats[seed] = (old[0] + a, old[1] + n)

@@ -379,15 +379,21 @@ class SqlStore(LedgerStore):
             self._task_row(s, task_id)
             return self._records(s, task_id, first, last)
 
-    def committed_losses(self, task_id: str) -> list[float | None]:
+    def committed_losses(self, task_id: str) -> list[list[float | None]]:
         with self._tx() as s:
             self._task_row(s, task_id)
-            rows = s.execute(
-                select(RoundRow.mean_loss)
-                .where(RoundRow.task_id == task_id, RoundRow.status == ROUND_COMMITTED)
-                .order_by(RoundRow.round)
+            committed = (RoundRow.task_id == task_id, RoundRow.status == ROUND_COMMITTED)
+            round_ids = s.scalars(select(RoundRow.id).where(*committed).order_by(RoundRow.round)).all()
+            reported = s.execute(
+                select(SubmissionRow.round_id, SubmissionRow.loss)
+                .join(RoundRow, SubmissionRow.round_id == RoundRow.id)
+                .where(*committed)
+                .order_by(SubmissionRow.round_id, SubmissionRow.slot)
             )
-            return [loss for (loss,) in rows]
+            by_round: dict[int, list[float | None]] = {}
+            for round_id, loss in reported:
+                by_round.setdefault(round_id, []).append(loss)
+            return [by_round.get(round_id, []) for round_id in round_ids]
 
     @staticmethod
     def _records(s: Session, task_id: str, first: int, last: int | None) -> list[RoundRecord]:

@@ -190,9 +190,9 @@ class LedgerStore(abc.ABC):
         """Committed rounds first..last inclusive (last None: up to the head)."""
 
     @abc.abstractmethod
-    def committed_losses(self, task_id: str) -> list[float | None]:
-        """The mean reported loss of each committed round, rounds 1..head in order
-        (None where no client reported one, as for imported rounds)."""
+    def committed_losses(self, task_id: str) -> list[list[float | None]]:
+        """The losses reported in each committed round (its committing attempt's
+        submissions, by slot), rounds 1..head in order; empty for imported rounds."""
 
     @abc.abstractmethod
     def round_attempts(self, task_id: str) -> list[RoundAttempt]: ...

@@ -5,8 +5,9 @@ every step also moves the weights along its random direction's noise, and at
 a large lr that random walk outgrows the signal. Lowering the lr afterwards
 stops the damage but does not undo it. The guard does both:
 
-- The rounds are cut into windows of ``guard_rounds``. A window's loss is the
-  mean of its rounds' mean reported losses.
+- The rounds are cut into windows of ``guard_rounds``. A round's loss is the
+  median of the losses its clients reported; a window's, the mean of its
+  rounds'.
 - When a window ends, its loss is compared with the best earlier window's. If
   it is higher by more than ``guard_z`` standard errors of the difference,
   that round commits no step of its own: it commits the negated sum of every
@@ -17,19 +18,27 @@ stops the damage but does not undo it. The guard does both:
 
 The state is a function of the committed rounds alone (their mean losses and
 entries, in order), so a restarted coordinator, a verifier and a simulation
-all derive the same rollbacks. The losses are what clients report: a client
-that lies about its loss can cost the run progress (at most MAX_HALVINGS
-rollbacks), never steer its weights, since a rollback only returns to
-weights the ledger already held.
+all derive the same rollbacks. The losses are what clients report, hence the
+median: a minority that lies about its loss moves a round's loss no further
+than the honest reports reach. Even a majority could only cost the run
+progress (at most MAX_HALVINGS rollbacks), never steer its weights: a
+rollback only returns to weights the ledger already held.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import statistics
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 MAX_HALVINGS = 4
+
+
+def round_loss(losses: Iterable[float | None]) -> float | None:
+    """The median of a round's finite reported losses (None: nobody reported one)."""
+    finite = [x for x in losses if x is not None and math.isfinite(x)]
+    return statistics.median(finite) if finite else None
 
 
 @dataclass(frozen=True)
@@ -83,19 +92,20 @@ class LossGuard:
     def lr_factor(self) -> float:
         return math.ldexp(1.0, -self.halvings)
 
-    def undo(self, round_no: int, mean_loss: float | None) -> dict[int, int] | None:
+    def undo(self, round_no: int, loss: float | None) -> dict[int, int] | None:
         """The entries round ``round_no`` commits instead of its own steps, or
         None when it commits its own: the negated steps since the best window
-        ended, when this round ends a window whose loss rose."""
+        ended, when this round ends a window whose loss rose. ``loss``: the
+        round's round_loss."""
         if round_no % self.every or self.halvings >= MAX_HALVINGS or self.best is None:
             return None
-        if not rose(self.current.plus(mean_loss), self.best, self.z):
+        if not rose(self.current.plus(loss), self.best, self.z):
             return None
         return {seed: -q for seed, q in self.since_best.items()}
 
-    def record(self, round_no: int, mean_loss: float | None, entries: Mapping[int, int]) -> None:
-        rolled_back = self.undo(round_no, mean_loss) is not None
-        self.current = self.current.plus(mean_loss)
+    def record(self, round_no: int, loss: float | None, entries: Mapping[int, int]) -> None:
+        rolled_back = self.undo(round_no, loss) is not None
+        self.current = self.current.plus(loss)
         for seed, q in entries.items():
             total = self.since_best.get(seed, 0) + q
             if total:

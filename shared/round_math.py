@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from seedfed.shared.aggregate import aggregate, clipped_mean, deviations, outlying
 from seedfed.shared.assignment import pro_probabilities, uniform_seeds, weighted_seeds
 from seedfed.shared.ledger import RoundRecord, make_record
-from seedfed.shared.loss_guard import LossGuard
+from seedfed.shared.loss_guard import LossGuard, round_loss
 from seedfed.shared.quantize import decode_bytes
 from seedfed.shared.scale import SCALE_ROUNDS, median_magnitude, next_scale
 from seedfed.shared.steps import integer_steps
@@ -83,6 +83,7 @@ class CommitResult:
     seed_abs: dict[int, tuple[float, int]]  # seed -> (sum of |aggregate|, count) to add to the stats
     submissions_counted: int
     mean_loss: float | None
+    loss: float | None  # the median reported loss: what the loss guard reads
     left_out: tuple[str, ...] = field(default=())  # screened_mean: clients whose reports did not count
     saturated: bool = False  # screened_mean: the bytes sat near +-127, so the round committed no step
     rolled_back: bool = False  # the loss guard: the round committed the undo of the steps since the best window
@@ -261,7 +262,8 @@ def compute_commit(
             seed_abs[seed] = (a + abs(agg), n + 1)
     losses = [s.loss for s in submissions if s.loss is not None and math.isfinite(s.loss)]
     mean_loss = math.fsum(losses) / len(losses) if losses else None
-    undo = guard.undo(plan.round, mean_loss) if guard else None
+    median_loss = round_loss(s.loss for s in submissions)
+    undo = guard.undo(plan.round, median_loss) if guard else None
     if undo is None:
         entries = integer_steps(contributions, lr=lr, unit=spec.unit, task_seed=spec.task_seed, round_no=plan.round)
     else:
@@ -271,6 +273,7 @@ def compute_commit(
         seed_abs,
         len(submissions),
         mean_loss,
+        median_loss,
         tuple(sorted(left_out)),
         blind,
         undo is not None,
@@ -295,7 +298,7 @@ def recompute(
         result = compute_commit(spec, done.plan, done.submissions, previous_hash, tuple(history), guard)
         yield done, plan, result
         if guard:
-            guard.record(done.plan.round, result.mean_loss, result.record.entries)
+            guard.record(done.plan.round, result.loss, result.record.entries)
         for seed, (a, n) in result.seed_abs.items():
             old = stats.get(seed, (0.0, 0))
             stats[seed] = (old[0] + a, old[1] + n)

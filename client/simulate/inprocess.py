@@ -155,7 +155,7 @@ class InProcessFederation:
         self.recent.append(CommittedRound(plan, submissions))
         record = commit.record
         if self.guard:
-            self.guard.record(round_no, commit.mean_loss, record.entries)
+            self.guard.record(round_no, commit.loss, record.entries)
         self.replica.apply(record)
         self.weights.refresh()
         for seed, (a, n) in commit.seed_abs.items():

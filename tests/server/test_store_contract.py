@@ -213,8 +213,11 @@ def test_committed_losses_read_back_exactly_in_round_order(store: LedgerStore) -
             store.abandon_round(SPEC.task_id, r, 1, 11.0)
             plan = _open(store, ids, round_no=r, attempt=2)
         subs = [dataclasses.replace(_sub(plan, cid), loss=r / 3 + i / 7) for i, cid in enumerate(ids)]
+        if r == 3:
+            subs[0] = dataclasses.replace(subs[0], loss=None)
         store.write_batch(WriteBatch(submissions=subs))
-        want.append(_commit(store, plan).mean_loss)
+        _commit(store, plan)
+        want.append([s.loss for s in sorted(subs, key=lambda s: s.slot)])
     assert store.committed_losses(SPEC.task_id) == want  # bit for bit: the loss guard is rebuilt from them
 
 
@@ -238,7 +241,7 @@ def test_import_a_verified_history(store: LedgerStore) -> None:
     assert store.import_rounds(SPEC, history[:2], 5.0) == 0  # a prefix of what is stored: nothing to add
     assert store.import_rounds(SPEC, history, 5.0) == 1
     assert store.get_rounds(SPEC.task_id, 1) == history
-    assert store.committed_losses(SPEC.task_id) == [None] * 4  # imported rounds report no loss
+    assert store.committed_losses(SPEC.task_id) == [[]] * 4  # imported rounds carry no submissions
     tampered = list(history)
     tampered[1] = dataclasses.replace(tampered[1], hash=b"\0" * 32)
     with pytest.raises(StoreConflict):

@@ -8,7 +8,7 @@ import random
 import pytest
 from loadclient import make_spec
 
-from seedfed.shared.loss_guard import MAX_HALVINGS, LossGuard
+from seedfed.shared.loss_guard import MAX_HALVINGS, LossGuard, round_loss
 from seedfed.shared.steps import fold
 from seedfed.shared.taskspec import TaskSpec, TaskSpecError
 
@@ -64,6 +64,14 @@ def test_rounds_without_a_reported_loss_do_not_count() -> None:
     feed(guard, [1.0, 1.01, 0.99, 1.0], rng)
     committed = feed(guard, [None, None, None, float("nan")], rng, first=5)  # imported rounds, say
     assert guard.rollbacks == [] and all(committed)
+
+
+def test_a_round_loss_is_the_median_of_the_reported_ones() -> None:
+    honest = [0.61, 0.58, 0.66, 0.60, 0.63]
+    liars = [1e300, -1e300]  # a minority far out either way moves it no further than the honest reports reach
+    assert min(honest) <= round_loss(honest[:3] + liars[:1]) <= max(honest)
+    assert min(honest) <= round_loss(honest + liars + [1e300]) <= max(honest)
+    assert round_loss([None, float("nan"), 0.5]) == 0.5 and round_loss([None]) is None
 
 
 def test_the_guard_is_in_the_genesis_only_when_on() -> None:
