@@ -104,6 +104,13 @@ def _parse_set(pairs: tuple[str, ...]) -> dict[str, object]:
     help="How the lr decays over --set max_rounds=N after the warmup (default constant).",
 )
 @click.option("--warmup-rounds", type=int, default=None, help="Rounds over which the lr rises linearly to --lr.")
+@click.option(
+    "--guard-rounds",
+    type=int,
+    default=None,
+    help="The loss guard's window (default 0: off): a window whose reported loss rose goes back to the best "
+    "window's weights and halves the lr (--set guard_z=Z: the rise, in standard errors, default 4).",
+)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other genesis field, e.g. --set digest_every=1.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="task.toml", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")

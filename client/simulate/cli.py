@@ -321,6 +321,14 @@ def client_report(proc) -> dict:
 @click.option("--lr-schedule", type=click.Choice(SCHEDULES), default="constant", show_default=True, help="decay over --rounds")
 @click.option("--warmup-rounds", default=0, show_default=True, type=click.IntRange(0, 100_000), help="linear lr warmup")
 @click.option(
+    "--guard-rounds",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 100_000),
+    help="the loss guard's window (0: off): a window whose reported loss rose goes back to the best window's "
+    "weights and halves the lr",
+)
+@click.option(
     "--scale-rule",
     type=click.Choice(SCALE_RULES),
     default="fixed",
@@ -354,6 +362,7 @@ def simulate_command(
     step_rule,
     lr_schedule,
     warmup_rounds,
+    guard_rounds,
     scale_rule,
     seed,
     task_id,
@@ -383,6 +392,7 @@ def simulate_command(
         "step_rule": step_rule,
         "lr_schedule": lr_schedule,
         "warmup_rounds": warmup_rounds,
+        "guard_rounds": guard_rounds,
         "scale_rule": scale_rule,
         "round_deadline_s": 120.0,
         "digest_every": 5,
