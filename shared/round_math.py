@@ -284,10 +284,12 @@ def recompute(
     spec: TaskSpec, stored: Iterable[CommittedRound], previous_hash: bytes
 ) -> Iterator[tuple[CommittedRound, RoundPlan, CommitResult]]:
     """Replay a stored history from round 1 (or from the round after ``previous_hash``)
-    the way the coordinator ran it, threading the seed statistics and the earlier
-    rounds later rounds read. For each stored round: the plan plan_round gives
-    for its clients and the commit compute_commit gives for its submissions,
-    for the caller to hold against what was stored."""
+    the way the coordinator ran it, threading the seed statistics, the loss guard
+    and the earlier rounds later rounds read. FedKSeed-Pro and the loss guard
+    read every round before, so replay those tasks from round 1. For each stored
+    round: the plan plan_round gives for its clients and the commit
+    compute_commit gives for its submissions, for the caller to hold against
+    what was stored."""
     stats: dict[int, tuple[float, int]] = {}
     history: deque[CommittedRound] = deque(maxlen=history_rounds(spec))
     guard = LossGuard.for_spec(spec)
