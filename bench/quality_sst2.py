@@ -26,6 +26,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -378,8 +379,12 @@ def write_report(rows: list[Row], args, out: Path) -> None:
         fig, ax = plt.subplots(figsize=(11, 5.5))
         curves = [r for r in rows if len(r.curve) > 1 and not r.name.startswith("first-order")]
         for i, r in enumerate(curves):
-            style = {"color": plt.cm.tab20(i % 20), "ls": "--" if r.name.startswith("mezo") else "-"}
-            ax.plot([s for s, _ in r.curve], [100 * a for _, a in r.curve], marker="o", ms=3, label=r.name, **style)
+            # twenty colours; past them, and for MeZO, the line style tells curves apart
+            ls = ":" if i >= 20 else "--" if r.name.startswith("mezo") else "-"
+            style = {"color": plt.cm.tab20(i % 20), "ls": ls}
+            seed = re.search(r", (seed \d+)", r.notes or "")
+            label = f"{r.name}, {seed.group(1)}" if seed else r.name
+            ax.plot([s for s, _ in r.curve], [100 * a for _, a in r.curve], marker="o", ms=3, label=label, **style)
         zs = [r for r in rows if r.name == "zero-shot"]
         if zs:
             ax.axhline(100 * zs[0].final_accuracy, color="grey", ls="--", lw=1, label="zero-shot")
@@ -388,8 +393,7 @@ def write_report(rows: list[Row], args, out: Path) -> None:
         ax.set_title("Zeroth-order fine-tuning of all-MiniLM-L6-v2, same forward budget")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
-        fig.savefig(out / "quality_sst2.png", dpi=120)
+        fig.savefig(out / "quality_sst2.png", dpi=120, bbox_inches="tight")
     except ImportError:
         print("matplotlib missing: no plot written", file=sys.stderr)
     print("\n" + table)
