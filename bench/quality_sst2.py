@@ -26,7 +26,6 @@ import dataclasses
 import json
 import os
 import random
-import re
 import sys
 import tempfile
 import time
@@ -264,10 +263,10 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
         together=not args.each,
     )
     name = f"seedfed, {n_clients} client{'s' if n_clients > 1 else ''}, {rule_label(args)}"
+    if args.seed != DEFAULT_SEED:  # the table's header names the default; a row run at another says so
+        name += f", seed {args.seed}"
     groups = "one seed per round" if args.group_size == 0 else f"groups of {args.group_size} client(s), a seed each"
     row = Row(name, notes=f"{split}, batch {per_client_batch} per client, {groups}, K={args.pool}")
-    if args.seed != DEFAULT_SEED:  # the table's header names the default; a row run at another says so
-        row.notes += f", seed {args.seed}"
     row.curve.append((0, evaluate(objective, dev)))
     start = time.perf_counter()
     up = down = 0.0
@@ -382,9 +381,7 @@ def write_report(rows: list[Row], args, out: Path) -> None:
             # twenty colours; past them, and for MeZO, the line style tells curves apart
             ls = ":" if i >= 20 else "--" if r.name.startswith("mezo") else "-"
             style = {"color": plt.cm.tab20(i % 20), "ls": ls}
-            seed = re.search(r", (seed \d+)", r.notes or "")
-            label = f"{r.name}, {seed.group(1)}" if seed else r.name
-            ax.plot([s for s, _ in r.curve], [100 * a for _, a in r.curve], marker="o", ms=3, label=label, **style)
+            ax.plot([s for s, _ in r.curve], [100 * a for _, a in r.curve], marker="o", ms=3, label=r.name, **style)
         zs = [r for r in rows if r.name == "zero-shot"]
         if zs:
             ax.axhline(100 * zs[0].final_accuracy, color="grey", ls="--", lw=1, label="zero-shot")
