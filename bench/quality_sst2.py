@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import seed_summary
 import torch
 import torch.nn.functional as F
 
@@ -359,8 +360,11 @@ def write_report(rows: list[Row], args, out: Path) -> None:
             f"({best_step}) | {saturation} | {r.forward_examples:,} | {up} | {down} | {r.seconds:,.0f} s | {r.notes} |"
         )
     table = "\n".join(lines)
+    seeds = seed_summary.markdown(rows, args.seed)
+    if seeds:
+        seeds = f"\n{seeds}\n![dev accuracy, mean over seeds](quality_sst2_seeds.png)\n"
     (out / "quality_sst2.md").write_text(
-        f"# SST-2 quality benchmark\n\nHyperparameters: {hp}.\n\n{table}\n\n![dev accuracy](quality_sst2.png)\n"
+        f"# SST-2 quality benchmark\n\nHyperparameters: {hp}.\n\n{table}\n\n![dev accuracy](quality_sst2.png)\n{seeds}"
     )
     (out / "quality_sst2.json").write_text(
         json.dumps(
@@ -376,7 +380,12 @@ def write_report(rows: list[Row], args, out: Path) -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(11, 5.5))
-        curves = [r for r in rows if len(r.curve) > 1 and not r.name.startswith("first-order")]
+        # the default seed's rows; the other seeds' are in the mean curves of quality_sst2_seeds.png
+        curves = [
+            r
+            for r in rows
+            if len(r.curve) > 1 and not r.name.startswith("first-order") and not seed_summary.SEED_SUFFIX.search(r.name)
+        ]
         for i, r in enumerate(curves):
             # twenty colours; past them, and for MeZO, the line style tells curves apart
             ls = ":" if i >= 20 else "--" if r.name.startswith("mezo") else "-"
@@ -391,6 +400,8 @@ def write_report(rows: list[Row], args, out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.savefig(out / "quality_sst2.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        seed_summary.plot(rows, args.seed, out / "quality_sst2_seeds.png")
     except ImportError:
         print("matplotlib missing: no plot written", file=sys.stderr)
     print("\n" + table)

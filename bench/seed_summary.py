@@ -1,0 +1,150 @@
+"""The quality benchmark's rows read across seeds: one seed's row moves by more
+than the targets' margins, so a rule is judged by its mean over seeds.
+
+Rows are matched by name: a row run at a non-default seed ends in ", seed N"
+(the default seed's rows carry none), and a learning rate is named ", lr X".
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+SEED_SUFFIX = re.compile(r", seed (\d+)$")
+LR_PART = re.compile(r", lr ([0-9.e+-]+)")
+
+
+@dataclass
+class Configuration:
+    """One rule at one lr, run at several seeds."""
+
+    name: str  # the row name without its seed
+    finals: dict[int, float] = field(default_factory=dict)  # seed -> final dev accuracy
+    curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.finals.values())
+
+    def mean_curve(self) -> list[tuple[int, float, float, float]]:
+        """(step, mean, min, max) at the steps every seed evaluated."""
+        steps = set.intersection(*(set(s for s, _ in c) for c in self.curves.values()))
+        out = []
+        for step in sorted(steps):
+            values = [dict(c)[step] for c in self.curves.values()]
+            out.append((step, statistics.fmean(values), min(values), max(values)))
+        return out
+
+
+def split_seed(name: str, default_seed: int) -> tuple[str, int]:
+    m = SEED_SUFFIX.search(name)
+    return (name[: m.start()], int(m.group(1))) if m else (name, default_seed)
+
+
+def configurations(rows: Iterable, default_seed: int) -> list[Configuration]:
+    """Every configuration run at two or more seeds, in the rows' order."""
+    by_name: dict[str, Configuration] = {}
+    for r in rows:
+        if not r.name.startswith("seedfed, "):
+            continue
+        name, seed = split_seed(r.name, default_seed)
+        c = by_name.setdefault(name, Configuration(name))
+        c.finals[seed] = r.final_accuracy
+        c.curves[seed] = list(r.curve)
+    return [c for c in by_name.values() if len(c.finals) >= 2]
+
+
+@dataclass
+class Sweep:
+    """One rule over several lrs, each at the same seeds."""
+
+    rule: str  # the configuration name with its lr left out
+    points: list[tuple[float, Configuration]]  # (lr, configuration), lr ascending
+    seeds: tuple[int, ...]
+
+    def span_of_means(self) -> float:
+        means = [c.mean for _, c in self.points]
+        return max(means) - min(means)
+
+    def span_at(self, seed: int) -> float:
+        finals = [c.finals[seed] for _, c in self.points]
+        return max(finals) - min(finals)
+
+
+def sweeps(configs: Sequence[Configuration]) -> list[Sweep]:
+    """Rules run at two or more lrs; each lr is compared over the seeds all of them share."""
+    families: dict[str, list[tuple[float, Configuration]]] = {}
+    for c in configs:
+        m = LR_PART.search(c.name)
+        if m:
+            families.setdefault(c.name[: m.start()] + c.name[m.end() :], []).append((float(m.group(1)), c))
+    out = []
+    for rule, points in families.items():
+        seeds = set.intersection(*(set(c.finals) for _, c in points))
+        if len(points) < 2 or len(seeds) < 2:
+            continue
+        common = tuple(sorted(seeds))
+        trimmed = [(lr, Configuration(c.name, {s: c.finals[s] for s in common})) for lr, c in sorted(points)]
+        out.append(Sweep(rule, trimmed, common))
+    return out
+
+
+def markdown(rows: Iterable, default_seed: int) -> str:
+    """Two tables: each configuration's finals over seeds, and each lr sweep's span of the means."""
+    configs = configurations(rows, default_seed)
+    if not configs:
+        return ""
+    lines = [
+        "## Across seeds",
+        "",
+        "| configuration | seeds | final dev accuracy at each seed | mean | range |",
+        "|---|---|---|---:|---:|",
+    ]
+    for c in configs:
+        seeds = sorted(c.finals)
+        finals = ", ".join(f"{100 * c.finals[s]:.2f}%" for s in seeds)
+        spread = 100 * (max(c.finals.values()) - min(c.finals.values()))
+        lines.append(f"| {c.name} | {', '.join(map(str, seeds))} | {finals} | {100 * c.mean:.2f}% | {spread:.2f} |")
+    found = sweeps(configs)
+    if found:
+        lines += [
+            "",
+            "| rule (lr sweep) | seeds | mean final at each lr | span of the means | span at each seed |",
+            "|---|---|---|---:|---|",
+        ]
+        for s in found:
+            means = ", ".join(f"{lr:g}: {100 * c.mean:.2f}%" for lr, c in s.points)
+            per_seed = ", ".join(f"{seed}: {100 * s.span_at(seed):.2f}" for seed in s.seeds)
+            lines.append(f"| {s.rule} | {', '.join(map(str, s.seeds))} | {means} | {100 * s.span_of_means():.2f} | {per_seed} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: Iterable, default_seed: int, path) -> bool:
+    """Each configuration's mean curve over seeds, shaded from its lowest seed to its highest."""
+    configs = configurations(rows, default_seed)
+    if not configs:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    for i, c in enumerate(configs):
+        curve = c.mean_curve()
+        colour = plt.cm.tab10(i % 10)
+        steps = [s for s, *_ in curve]
+        ax.plot(
+            steps, [100 * m for _, m, _, _ in curve], marker="o", ms=3, color=colour, label=f"{c.name} ({len(c.finals)} seeds)"
+        )
+        ax.fill_between(steps, [100 * lo for *_, lo, _ in curve], [100 * hi for *_, hi in curve], color=colour, alpha=0.12)
+    ax.set_xlabel("step (round)")
+    ax.set_ylabel("SST-2 dev accuracy (%), mean over seeds")
+    ax.set_title("Mean over seeds (shaded: lowest to highest seed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return True

@@ -1,0 +1,75 @@
+"""The quality benchmark's reading across seeds: configurations matched by name,
+lr sweeps compared only over the seeds every lr was run at."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import seed_summary
+
+RULE = "seedfed, 8 clients, step spread (clip 1), adaptive scale"
+
+
+@dataclass
+class FakeRow:
+    name: str
+    final_accuracy: float
+    curve: list
+
+
+def row(lr: str, seed: int | None, final: float) -> FakeRow:
+    name = f"{RULE}, lr {lr}" + (f", seed {seed}" if seed is not None else "")
+    return FakeRow(name, final, [(0, 0.5), (100, final - 0.01), (200, final)])
+
+
+def test_the_default_seed_is_the_row_without_a_suffix() -> None:
+    assert seed_summary.split_seed(f"{RULE}, lr 0.001, seed 3", 1) == (f"{RULE}, lr 0.001", 3)
+    assert seed_summary.split_seed(f"{RULE}, lr 0.001", 1) == (f"{RULE}, lr 0.001", 1)
+
+
+def test_configurations_need_two_seeds_and_ignore_other_methods() -> None:
+    rows = [
+        row("0.001", None, 0.77),
+        row("0.001", 2, 0.71),
+        row("0.002", None, 0.75),  # one seed only
+        FakeRow("mezo (centralised, Gaussian, lr 0.0001), seed 2", 0.6, [(0, 0.5)]),
+    ]
+    configs = seed_summary.configurations(rows, default_seed=1)
+    assert [c.name for c in configs] == [f"{RULE}, lr 0.001"]
+    assert configs[0].finals == {1: 0.77, 2: 0.71}
+    assert configs[0].mean == pytest.approx(0.74)
+    assert configs[0].mean_curve()[-1] == pytest.approx((200, 0.74, 0.71, 0.77))
+
+
+def test_a_sweep_compares_lrs_over_their_shared_seeds_only() -> None:
+    rows = [
+        row("0.001", None, 0.77),
+        row("0.001", 2, 0.71),
+        row("0.001", 3, 0.74),
+        row("0.002", None, 0.75),
+        row("0.002", 2, 0.73),  # seed 3 missing at this lr: the sweep uses seeds 1 and 2
+    ]
+    (sweep,) = seed_summary.sweeps(seed_summary.configurations(rows, default_seed=1))
+    assert sweep.rule == RULE
+    assert sweep.seeds == (1, 2)
+    assert [lr for lr, _ in sweep.points] == [0.001, 0.002]
+    assert sweep.span_of_means() == pytest.approx(0.74 - 0.74)
+    assert sweep.span_at(1) == pytest.approx(0.02)
+    assert sweep.span_at(2) == pytest.approx(0.02)
+    text = seed_summary.markdown(rows, default_seed=1)
+    assert "| 0.001: 74.00%, 0.002: 74.00% | 0.00 | 1: 2.00, 2: 2.00 |" in text
+    assert "| 1, 2, 3 | 77.00%, 71.00%, 74.00% | 74.00% | 6.00 |" in text
+
+
+def test_one_seed_everywhere_writes_nothing(tmp_path) -> None:
+    rows = [row("0.001", None, 0.77), row("0.002", None, 0.75)]
+    assert seed_summary.markdown(rows, default_seed=1) == ""
+    assert not seed_summary.plot(rows, 1, tmp_path / "seeds.png")
+
+
+def test_the_plot_is_written(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    rows = [row("0.001", None, 0.77), row("0.001", 2, 0.71)]
+    assert seed_summary.plot(rows, 1, tmp_path / "seeds.png")
+    assert (tmp_path / "seeds.png").stat().st_size > 1000
