@@ -69,7 +69,6 @@ def test_one_seed_everywhere_writes_nothing(tmp_path) -> None:
 
 
 def test_the_plot_is_written(tmp_path) -> None:
-    pytest.importorskip("matplotlib")
     rows = [row("0.001", None, 0.77), row("0.001", 2, 0.71)]
     assert seed_summary.plot(rows, 1, tmp_path / "seeds.png")
     assert (tmp_path / "seeds.png").stat().st_size > 1000
