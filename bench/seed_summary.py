@@ -53,7 +53,18 @@ def configurations(rows: Iterable, default_seed: int) -> list[Configuration]:
         c = by_name.setdefault(name, Configuration(name))
         c.finals[seed] = r.final_accuracy
         c.curves[seed] = list(r.curve)
-    return [c for c in by_name.values() if len(c.finals) >= 2]
+    found = [c for c in by_name.values() if len(c.finals) >= 2]
+    # a rule's lrs together and ascending, rules in the order their first row came
+    first = {}
+    for c in found:
+        first.setdefault(_rule_and_lr(c.name)[0], len(first))
+    return sorted(found, key=lambda c: (first[_rule_and_lr(c.name)[0]], _rule_and_lr(c.name)[1]))
+
+
+def _rule_and_lr(name: str) -> tuple[str, float]:
+    """The name with its lr left out, and the lr (0 when the name has none)."""
+    m = LR_PART.search(name)
+    return (name[: m.start()] + name[m.end() :], float(m.group(1))) if m else (name, 0.0)
 
 
 @dataclass
@@ -77,9 +88,9 @@ def sweeps(configs: Sequence[Configuration]) -> list[Sweep]:
     """Rules run at two or more lrs; each lr is compared over the seeds all of them share."""
     families: dict[str, list[tuple[float, Configuration]]] = {}
     for c in configs:
-        m = LR_PART.search(c.name)
-        if m:
-            families.setdefault(c.name[: m.start()] + c.name[m.end() :], []).append((float(m.group(1)), c))
+        if LR_PART.search(c.name):
+            rule, lr = _rule_and_lr(c.name)
+            families.setdefault(rule, []).append((lr, c))
     out = []
     for rule, points in families.items():
         seeds = set.intersection(*(set(c.finals) for _, c in points))

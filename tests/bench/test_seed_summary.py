@@ -42,6 +42,15 @@ def test_configurations_need_two_seeds_and_ignore_other_methods() -> None:
     assert configs[0].mean_curve()[-1] == pytest.approx((200, 0.74, 0.71, 0.77))
 
 
+def test_configurations_list_a_rules_lrs_together_and_ascending() -> None:
+    other = "seedfed, 8 clients, step constant, fixed scale"
+    rows = [row("0.002", None, 0.75), row("0.002", 2, 0.73)]
+    rows += [FakeRow(f"{other}, lr 0.0001{s}", 0.7, [(0, 0.5)]) for s in ("", ", seed 2")]
+    rows += [row("0.001", None, 0.77), row("0.001", 2, 0.71)]
+    names = [c.name for c in seed_summary.configurations(rows, default_seed=1)]
+    assert names == [f"{RULE}, lr 0.001", f"{RULE}, lr 0.002", f"{other}, lr 0.0001"]
+
+
 def test_a_sweep_compares_lrs_over_their_shared_seeds_only() -> None:
     rows = [
         row("0.001", None, 0.77),
