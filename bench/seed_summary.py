@@ -44,7 +44,8 @@ def split_seed(name: str, default_seed: int) -> tuple[str, int]:
 
 
 def configurations(rows: Iterable, default_seed: int) -> list[Configuration]:
-    """Every configuration run at two or more seeds, in the rows' order."""
+    """Every configuration run at two or more seeds: a rule's lrs together and
+    ascending, the rules in the order of their first rows."""
     by_name: dict[str, Configuration] = {}
     for r in rows:
         if not r.name.startswith("seedfed, "):
@@ -54,8 +55,7 @@ def configurations(rows: Iterable, default_seed: int) -> list[Configuration]:
         c.finals[seed] = r.final_accuracy
         c.curves[seed] = list(r.curve)
     found = [c for c in by_name.values() if len(c.finals) >= 2]
-    # a rule's lrs together and ascending, rules in the order their first row came
-    first = {}
+    first: dict[str, int] = {}
     for c in found:
         first.setdefault(_rule_and_lr(c.name)[0], len(first))
     return sorted(found, key=lambda c: (first[_rule_and_lr(c.name)[0]], _rule_and_lr(c.name)[1]))
