@@ -360,7 +360,8 @@ def write_report(rows: list[Row], args, out: Path) -> None:
             f"({best_step}) | {saturation} | {r.forward_examples:,} | {up} | {down} | {r.seconds:,.0f} s | {r.notes} |"
         )
     table = "\n".join(lines)
-    seeds = seed_summary.markdown(rows, args.seed)
+    across_seeds = seed_summary.configurations(rows, args.seed)
+    seeds = seed_summary.markdown(across_seeds)
     if seeds:
         seeds = f"\n{seeds}\n![dev accuracy, mean over seeds](quality_sst2_seeds.png)\n"
     (out / "quality_sst2.md").write_text(
@@ -401,7 +402,7 @@ def write_report(rows: list[Row], args, out: Path) -> None:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.savefig(out / "quality_sst2.png", dpi=120, bbox_inches="tight")
         plt.close(fig)
-        seed_summary.plot(rows, args.seed, out / "quality_sst2_seeds.png")
+        seed_summary.plot(across_seeds, out / "quality_sst2_seeds.png")
     except ImportError:
         print("matplotlib missing: no plot written", file=sys.stderr)
     print("\n" + table)

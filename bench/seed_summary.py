@@ -30,10 +30,11 @@ class Configuration:
 
     def mean_curve(self) -> list[tuple[int, float, float, float]]:
         """(step, mean, min, max) at the steps every seed evaluated."""
-        steps = set.intersection(*(set(s for s, _ in c) for c in self.curves.values()))
+        curves = [dict(c) for c in self.curves.values()]
+        steps = set.intersection(*(set(c) for c in curves))
         out = []
         for step in sorted(steps):
-            values = [dict(c)[step] for c in self.curves.values()]
+            values = [c[step] for c in curves]
             out.append((step, statistics.fmean(values), min(values), max(values)))
         return out
 
@@ -55,28 +56,32 @@ def configurations(rows: Iterable, default_seed: int) -> list[Configuration]:
         c.finals[seed] = r.final_accuracy
         c.curves[seed] = list(r.curve)
     found = [c for c in by_name.values() if len(c.finals) >= 2]
+    keys = {c.name: _rule_and_lr(c.name) for c in found}
     first: dict[str, int] = {}
-    for c in found:
-        first.setdefault(_rule_and_lr(c.name)[0], len(first))
-    return sorted(found, key=lambda c: (first[_rule_and_lr(c.name)[0]], _rule_and_lr(c.name)[1]))
+    for rule, _ in keys.values():
+        first.setdefault(rule, len(first))
+    return sorted(found, key=lambda c: (first[keys[c.name][0]], keys[c.name][1] or 0.0))
 
 
-def _rule_and_lr(name: str) -> tuple[str, float]:
-    """The name with its lr left out, and the lr (0 when the name has none)."""
+def _rule_and_lr(name: str) -> tuple[str, float | None]:
+    """The name with its lr left out, and the lr (None when the name has none)."""
     m = LR_PART.search(name)
-    return (name[: m.start()] + name[m.end() :], float(m.group(1))) if m else (name, 0.0)
+    return (name[: m.start()] + name[m.end() :], float(m.group(1))) if m else (name, None)
 
 
 @dataclass
 class Sweep:
-    """One rule over several lrs, each at the same seeds."""
+    """One rule over several lrs, compared over the seeds every lr was run at."""
 
     rule: str  # the configuration name with its lr left out
     points: list[tuple[float, Configuration]]  # (lr, configuration), lr ascending
     seeds: tuple[int, ...]
 
+    def mean_at(self, config: Configuration) -> float:
+        return statistics.fmean(config.finals[s] for s in self.seeds)
+
     def span_of_means(self) -> float:
-        means = [c.mean for _, c in self.points]
+        means = [self.mean_at(c) for _, c in self.points]
         return max(means) - min(means)
 
     def span_at(self, seed: int) -> float:
@@ -88,23 +93,20 @@ def sweeps(configs: Sequence[Configuration]) -> list[Sweep]:
     """Rules run at two or more lrs; each lr is compared over the seeds all of them share."""
     families: dict[str, list[tuple[float, Configuration]]] = {}
     for c in configs:
-        if LR_PART.search(c.name):
-            rule, lr = _rule_and_lr(c.name)
+        rule, lr = _rule_and_lr(c.name)
+        if lr is not None:
             families.setdefault(rule, []).append((lr, c))
     out = []
     for rule, points in families.items():
         seeds = set.intersection(*(set(c.finals) for _, c in points))
         if len(points) < 2 or len(seeds) < 2:
             continue
-        common = tuple(sorted(seeds))
-        trimmed = [(lr, Configuration(c.name, {s: c.finals[s] for s in common})) for lr, c in sorted(points)]
-        out.append(Sweep(rule, trimmed, common))
+        out.append(Sweep(rule, sorted(points, key=lambda p: p[0]), tuple(sorted(seeds))))
     return out
 
 
-def markdown(rows: Iterable, default_seed: int) -> str:
+def markdown(configs: Sequence[Configuration]) -> str:
     """Two tables: each configuration's finals over seeds, and each lr sweep's span of the means."""
-    configs = configurations(rows, default_seed)
     if not configs:
         return ""
     lines = [
@@ -126,15 +128,14 @@ def markdown(rows: Iterable, default_seed: int) -> str:
             "|---|---|---|---:|---|",
         ]
         for s in found:
-            means = ", ".join(f"{lr:g}: {100 * c.mean:.2f}%" for lr, c in s.points)
+            means = ", ".join(f"{lr:g}: {100 * s.mean_at(c):.2f}%" for lr, c in s.points)
             per_seed = ", ".join(f"{seed}: {100 * s.span_at(seed):.2f}" for seed in s.seeds)
             lines.append(f"| {s.rule} | {', '.join(map(str, s.seeds))} | {means} | {100 * s.span_of_means():.2f} | {per_seed} |")
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: Iterable, default_seed: int, path) -> bool:
+def plot(configs: Sequence[Configuration], path) -> bool:
     """Each configuration's mean curve over seeds, shaded from its lowest seed to its highest."""
-    configs = configurations(rows, default_seed)
     if not configs:
         return False
     import matplotlib

@@ -66,18 +66,18 @@ def test_a_sweep_compares_lrs_over_their_shared_seeds_only() -> None:
     assert sweep.span_of_means() == pytest.approx(0.74 - 0.74)
     assert sweep.span_at(1) == pytest.approx(0.02)
     assert sweep.span_at(2) == pytest.approx(0.02)
-    text = seed_summary.markdown(rows, default_seed=1)
+    text = seed_summary.markdown(seed_summary.configurations(rows, default_seed=1))
     assert "| 0.001: 74.00%, 0.002: 74.00% | 0.00 | 1: 2.00, 2: 2.00 |" in text
     assert "| 1, 2, 3 | 77.00%, 71.00%, 74.00% | 74.00% | 6.00 |" in text
 
 
 def test_one_seed_everywhere_writes_nothing(tmp_path) -> None:
     rows = [row("0.001", None, 0.77), row("0.002", None, 0.75)]
-    assert seed_summary.markdown(rows, default_seed=1) == ""
-    assert not seed_summary.plot(rows, 1, tmp_path / "seeds.png")
+    assert seed_summary.markdown(seed_summary.configurations(rows, default_seed=1)) == ""
+    assert not seed_summary.plot(seed_summary.configurations(rows, 1), tmp_path / "seeds.png")
 
 
 def test_the_plot_is_written(tmp_path) -> None:
     rows = [row("0.001", None, 0.77), row("0.001", 2, 0.71)]
-    assert seed_summary.plot(rows, 1, tmp_path / "seeds.png")
+    assert seed_summary.plot(seed_summary.configurations(rows, 1), tmp_path / "seeds.png")
     assert (tmp_path / "seeds.png").stat().st_size > 1000
