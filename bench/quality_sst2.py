@@ -210,8 +210,7 @@ def rule_label(args) -> str:
     if args.guard_rounds:
         parts.append(f"loss guard ({args.guard_rounds} rounds, z {args.guard_z:g})")
     parts.append(f"{args.scale_rule} scale")
-    parts.append(f"lr {args.lr:g}")
-    return ", ".join(parts)
+    return ", ".join(parts) + seed_summary.lr_part(args.lr)
 
 
 def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
@@ -263,9 +262,9 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
         sampler_seed=args.seed,
         together=not args.each,
     )
+    # the table's header names the default seed; a row run at another says so
     name = f"seedfed, {n_clients} client{'s' if n_clients > 1 else ''}, {rule_label(args)}"
-    if args.seed != DEFAULT_SEED:  # the table's header names the default; a row run at another says so
-        name += f", seed {args.seed}"
+    name += seed_summary.seed_suffix(args.seed, DEFAULT_SEED)
     groups = "one seed per round" if args.group_size == 0 else f"groups of {args.group_size} client(s), a seed each"
     row = Row(name, notes=f"{split}, batch {per_client_batch} per client, {groups}, K={args.pool}")
     row.curve.append((0, evaluate(objective, dev)))

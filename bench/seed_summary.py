@@ -16,6 +16,16 @@ SEED_SUFFIX = re.compile(r", seed (\d+)$")
 LR_PART = re.compile(r", lr ([0-9.e+-]+)")
 
 
+def seed_suffix(seed: int, default_seed: int) -> str:
+    """What a row run at ``seed`` appends to its name (SEED_SUFFIX reads it back)."""
+    return "" if seed == default_seed else f", seed {seed}"
+
+
+def lr_part(lr: float) -> str:
+    """How a row names its lr (LR_PART reads it back)."""
+    return f", lr {lr:g}"
+
+
 @dataclass
 class Configuration:
     """One rule at one lr, run at several seeds."""

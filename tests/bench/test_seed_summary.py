@@ -19,13 +19,22 @@ class FakeRow:
 
 
 def row(lr: str, seed: int | None, final: float) -> FakeRow:
-    name = f"{RULE}, lr {lr}" + (f", seed {seed}" if seed is not None else "")
+    name = RULE + seed_summary.lr_part(float(lr)) + seed_summary.seed_suffix(seed or 1, default_seed=1)
     return FakeRow(name, final, [(0, 0.5), (100, final - 0.01), (200, final)])
 
 
 def test_the_default_seed_is_the_row_without_a_suffix() -> None:
     assert seed_summary.split_seed(f"{RULE}, lr 0.001, seed 3", 1) == (f"{RULE}, lr 0.001", 3)
     assert seed_summary.split_seed(f"{RULE}, lr 0.001", 1) == (f"{RULE}, lr 0.001", 1)
+
+
+@pytest.mark.parametrize("lr", [5e-4, 1e-3, 2.5e-05])
+@pytest.mark.parametrize("seed", [1, 2, 13])
+def test_names_the_bench_writes_read_back(lr: float, seed: int) -> None:
+    name = RULE + seed_summary.lr_part(lr) + seed_summary.seed_suffix(seed, default_seed=1)
+    without_seed, read_seed = seed_summary.split_seed(name, 1)
+    assert read_seed == seed
+    assert seed_summary._rule_and_lr(without_seed) == (RULE, lr)
 
 
 def test_configurations_need_two_seeds_and_ignore_other_methods() -> None:
