@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import random
 import sys
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from seedfed.client.data import LabelledText, read_classification
 from seedfed.client.engine.state import ComputeWeights
 from seedfed.client.model import describe_base
-from seedfed.client.objectives import ClassificationObjective, accuracy
+from seedfed.client.objectives import ClassificationObjective
 from seedfed.client.replica import Replica
 from seedfed.client.simulate.inprocess import InProcessFederation
 from seedfed.client.simulate.split import dirichlet_split
@@ -100,14 +101,37 @@ class Row:
     bytes_down_per_client: float = 0.0
     saturation: float | None = None  # fraction of one-byte scalars at +-127
     notes: str = ""
+    # (step, mean training loss of the steps since the previous point, dev loss): the training loss is
+    # what the loss guard sees, the dev loss what the table measures, and at a large lr they part
+    losses: list[tuple[int, float, float]] = field(default_factory=list)
 
 
 def objective_spec(max_length: int) -> Objective:
     return Objective(kind="classification", labels=LABELS, template=TEMPLATE, max_length=max_length)
 
 
-def evaluate(objective: ClassificationObjective, dev: list[LabelledText]) -> float:
-    return accuracy(objective, dev, batch_size=128)
+@torch.inference_mode()
+def evaluate(objective: ClassificationObjective, dev: list[LabelledText]) -> tuple[float, float]:
+    """Dev accuracy and mean dev cross-entropy, from one forward pass per batch."""
+    correct, total = 0, 0.0
+    for i in range(0, len(dev), 128):
+        chunk = dev[i : i + 128]
+        logits = objective.logits([ex.text for ex in chunk])
+        target = torch.tensor([ex.label for ex in chunk], device=logits.device)
+        correct += int((logits.argmax(dim=-1) == target).sum())
+        total += float(F.cross_entropy(logits, target, reduction="sum"))
+    return correct / len(dev), total / len(dev)
+
+
+def checkpoint(row: Row, step: int, objective, dev, train_losses: list[float]) -> None:
+    """Evaluate on dev at ``step``; record it with the mean of ``train_losses`` (then emptied), and log."""
+    acc, dev_loss = evaluate(objective, dev)
+    finite = [x for x in train_losses if math.isfinite(x)]
+    train = math.fsum(finite) / len(finite) if finite else float("nan")
+    train_losses.clear()
+    row.curve.append((step, acc))
+    row.losses.append((step, train, dev_loss))
+    print(f"  {row.name:34s} step {step:6d}  train loss {train:.4f}  dev loss {dev_loss:.4f}  dev acc {acc:.4f}", flush=True)
 
 
 # -- baseline: MeZO as published (Gaussian z regenerated from torch.manual_seed) ----------
@@ -119,7 +143,8 @@ def run_mezo(model, tokenizer, train, dev, args, spec_obj) -> Row:
     rng = random.Random(args.seed)
     clip = f", scalars clipped at +-{args.mezo_clip:g}" if args.mezo_clip else ""
     row = Row(f"mezo (centralised, Gaussian, lr {args.lr:g}{clip})")
-    row.curve.append((0, evaluate(objective, dev)))
+    train_losses: list[float] = []
+    checkpoint(row, 0, objective, dev, train_losses)
     start = time.perf_counter()
 
     def perturb(seed: int, scale: float) -> None:
@@ -140,9 +165,9 @@ def run_mezo(model, tokenizer, train, dev, args, spec_obj) -> Row:
             if args.mezo_clip:  # the one-byte codec's clip at a fixed scale, and nothing else of it
                 g = max(-args.mezo_clip, min(args.mezo_clip, g))
             perturb(seed, -args.lr * g)
+            train_losses.append(0.5 * (lp + lm))
             if step % args.eval_every == 0 or step == args.steps:
-                row.curve.append((step, evaluate(objective, dev)))
-                log(row, step, 0.5 * (lp + lm))
+                checkpoint(row, step, objective, dev, train_losses)
     row.seconds = time.perf_counter() - start
     row.final_accuracy = row.curve[-1][1]
     row.forward_examples = 2 * args.steps * args.batch
@@ -267,7 +292,8 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
     name += seed_summary.seed_suffix(args.seed, DEFAULT_SEED)
     groups = "one seed per round" if args.group_size == 0 else f"groups of {args.group_size} client(s), a seed each"
     row = Row(name, notes=f"{split}, batch {per_client_batch} per client, {groups}, K={args.pool}")
-    row.curve.append((0, evaluate(objective, dev)))
+    train_losses: list[float] = []
+    checkpoint(row, 0, objective, dev, train_losses)
     start = time.perf_counter()
     up = down = 0.0
     sent = saturated = 0
@@ -277,9 +303,9 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
         down += report.bytes_down_per_client
         sent += report.scalars
         saturated += report.saturated
+        train_losses.append(report.mean_loss)
         if step % args.eval_every == 0 or step == args.steps:
-            row.curve.append((step, evaluate(objective, dev)))
-            log(row, step, report.mean_loss)
+            checkpoint(row, step, objective, dev, train_losses)
     row.seconds = time.perf_counter() - start
     row.final_accuracy = row.curve[-1][1]
     row.forward_examples = 2 * args.steps * per_client_batch * n_clients
@@ -307,7 +333,8 @@ def run_first_order(model, tokenizer, train, dev, args, spec_obj) -> Row:
     rng = random.Random(args.seed)
     steps = args.steps * 2  # same examples seen as the ZO rows' forward passes, as batches of the same size
     row = Row("first-order (AdamW, backprop)", notes=f"lr {args.fo_lr}, {steps} steps of batch {args.batch}")
-    row.curve.append((0, evaluate(objective, dev)))
+    train_losses: list[float] = []
+    checkpoint(row, 0, objective, dev, train_losses)
     start = time.perf_counter()
     model.train()
     for step in range(1, steps + 1):
@@ -317,20 +344,16 @@ def run_first_order(model, tokenizer, train, dev, args, spec_obj) -> Row:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        train_losses.append(loss.item())
         if step % (args.eval_every * 2) == 0 or step == steps:
             model.eval()
-            row.curve.append((step // 2, evaluate(objective, dev)))
+            checkpoint(row, step // 2, objective, dev, train_losses)
             model.train()
-            log(row, step, loss.item())
     model.eval()
     row.seconds = time.perf_counter() - start
     row.final_accuracy = row.curve[-1][1]
     row.forward_examples = steps * args.batch
     return row
-
-
-def log(row: Row, step: int, loss: float) -> None:
-    print(f"  {row.name:34s} step {step:6d}  loss {loss:.4f}  dev acc {row.curve[-1][1]:.4f}", flush=True)
 
 
 # -- report ------------------------------------------------------------------------------
@@ -363,8 +386,11 @@ def write_report(rows: list[Row], args, out: Path) -> None:
     seeds = seed_summary.markdown(across_seeds)
     if seeds:
         seeds = f"\n{seeds}\n![dev accuracy, mean over seeds](quality_sst2_seeds.png)\n"
+    losses = loss_table(rows)
+    if losses:
+        losses = f"\n{losses}"
     (out / "quality_sst2.md").write_text(
-        f"# SST-2 quality benchmark\n\nHyperparameters: {hp}.\n\n{table}\n\n![dev accuracy](quality_sst2.png)\n{seeds}"
+        f"# SST-2 quality benchmark\n\nHyperparameters: {hp}.\n\n{table}\n\n![dev accuracy](quality_sst2.png)\n{seeds}{losses}"
     )
     (out / "quality_sst2.json").write_text(
         json.dumps(
@@ -406,6 +432,28 @@ def write_report(rows: list[Row], args, out: Path) -> None:
         print("matplotlib missing: no plot written", file=sys.stderr)
     print("\n" + table)
     print_ratio(rows)
+
+
+def loss_table(rows: list[Row]) -> str:
+    """Each row's training loss (the mean over the steps before each point) beside its dev loss."""
+    recorded = [r for r in rows if len(r.losses) > 1]
+    if not recorded:
+        return ""
+    steps = sorted({step for r in recorded for step, *_ in r.losses if step})
+    lines = [
+        "## Training loss against dev loss",
+        "",
+        "Each cell: the mean training loss over the steps since the previous point / the dev loss at the step "
+        "(cross-entropy). The loss guard reads the first; the table's accuracy follows the second.",
+        "",
+        "| method | " + " | ".join(str(s) for s in steps) + " |",
+        "|---|" + "---:|" * len(steps),
+    ]
+    for r in recorded:
+        at = {step: (train, dev) for step, train, dev in r.losses}
+        cells = [f"{at[s][0]:.3f} / {at[s][1]:.3f}" if s in at else "-" for s in steps]
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def print_ratio(rows: list[Row]) -> None:
@@ -473,7 +521,10 @@ def main() -> None:
     if args.merge:
         rows = []
         for part in sorted(args.out.glob("part-*.json")):
-            rows += [Row(**{**r, "curve": [tuple(c) for c in r["curve"]]}) for r in json.loads(part.read_text())]
+            for r in json.loads(part.read_text()):
+                r["curve"] = [tuple(c) for c in r["curve"]]
+                r["losses"] = [tuple(c) for c in r.get("losses", [])]  # rows run before the losses were recorded
+                rows.append(Row(**r))
         order = ["zero-shot", "mezo", "seedfed, 1", "seedfed, ", "first-order"]
         rows.sort(key=lambda r: next(i for i, o in enumerate(order) if r.name.startswith(o)))
         write_report(rows, args, args.out)
@@ -498,7 +549,7 @@ def run(args, model_dir: Path) -> None:
     if "zero-shot" in wanted:
         model, tok = load_model(model_dir)
         start = time.perf_counter()
-        acc = evaluate(ClassificationObjective(model, tok, spec_obj, "cpu"), dev)
+        acc, _ = evaluate(ClassificationObjective(model, tok, spec_obj, "cpu"), dev)
         rows.append(Row("zero-shot", [(0, acc)], acc, len(dev), time.perf_counter() - start))
         print(f"  zero-shot dev accuracy {acc:.4f}")
     if "mezo" in wanted:

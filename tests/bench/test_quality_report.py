@@ -1,0 +1,52 @@
+"""The quality benchmark's evaluation and its loss report: the accuracy is the one
+`seedfed eval` computes, and each recorded row shows its training loss beside its dev loss."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import quality_sst2
+from quality_sst2 import Row
+
+from seedfed.client.data import read_classification
+from seedfed.client.objectives import ClassificationObjective, accuracy, mean_loss
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    data, model_dir = quality_sst2.smoke_inputs(tmp_path_factory.mktemp("quality"))
+    model, tokenizer = quality_sst2.load_model(model_dir)
+    objective = ClassificationObjective(model, tokenizer, quality_sst2.objective_spec(32), "cpu")
+    return objective, read_classification(Path(data) / "dev.tsv", quality_sst2.LABELS)
+
+
+def test_evaluate_gives_the_accuracy_and_loss_of_the_library(tiny) -> None:
+    objective, dev = tiny
+    acc, loss = quality_sst2.evaluate(objective, dev)
+    assert acc == accuracy(objective, dev, batch_size=128)
+    assert loss == pytest.approx(mean_loss(objective, dev), rel=1e-5)
+
+
+def test_checkpoint_records_the_mean_training_loss_since_the_last_point(tiny) -> None:
+    objective, dev = tiny
+    row, train = Row("r"), []
+    quality_sst2.checkpoint(row, 0, objective, dev, train)
+    train += [0.5, float("nan"), 0.7]
+    quality_sst2.checkpoint(row, 10, objective, dev, train)
+    assert train == []
+    assert math.isnan(row.losses[0][1])
+    assert row.losses[1][:2] == (10, pytest.approx(0.6))
+    assert row.curve[1][0] == 10 and row.losses[1][2] == row.losses[0][2]  # no step between: same dev loss
+
+
+def test_the_loss_table_shows_rows_that_recorded_losses() -> None:
+    rows = [
+        Row("old row", curve=[(0, 0.7), (200, 0.72)]),
+        Row("new row", curve=[(0, 0.7), (200, 0.66)], losses=[(0, math.nan, 0.584), (200, 0.5038, 0.6082)]),
+    ]
+    table = quality_sst2.loss_table(rows)
+    assert "| new row | 0.504 / 0.608 |" in table
+    assert "old row" not in table
+    assert quality_sst2.loss_table(rows[:1]) == ""
