@@ -80,6 +80,7 @@ class ScriptedClient:
     scalars: ScalarFn = hashed_scalars
     losses: LossFn = constant_loss
     submit_delay: float = 0.0
+    examples: int = 0  # the training examples claimed with each report (0: none said)
     auto_submit: bool = True  # False: record RoundOpen events, submit nothing (silent or hand-driven clients)
     client_id: str = ""
     genesis_hash: bytes = b""
@@ -178,7 +179,13 @@ class ScriptedClient:
 
     async def submit(self, round_no: int, slot: int, scalars: bytes, loss: float = 0.5) -> pb.SubmitResponse:
         req = pb.SubmitRequest(
-            task_id=self.task_id, client_id=self.client_id, round=round_no, slot=slot, scalars=scalars, loss=loss
+            task_id=self.task_id,
+            client_id=self.client_id,
+            round=round_no,
+            slot=slot,
+            scalars=scalars,
+            loss=loss,
+            examples=self.examples,
         )
         loop = asyncio.get_running_loop()
         t0 = loop.time()

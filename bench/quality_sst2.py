@@ -60,6 +60,7 @@ SMOKE_RULES = {
     "lr_schedule": "cosine",
     "hypergradient": True,
     "guard_rounds": 2,
+    "weighting": "examples",
 }
 
 
@@ -232,6 +233,8 @@ def rule_label(args) -> str:
         parts.append(f"warmup {args.warmup} + {args.lr_schedule} decay")
     if args.hypergradient:
         parts.append("hypergradient lr")
+    if args.weighting != "equal":
+        parts.append(f"weighting {args.weighting}")
     if args.guard_rounds:
         parts.append(f"loss guard ({args.guard_rounds} rounds, z {args.guard_z:g})")
     parts.append(f"{args.scale_rule} scale")
@@ -266,6 +269,7 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
         scalar_scale=args.scalar_scale,
         scale_rule=args.scale_rule,
         aggregation="mean",
+        weighting=args.weighting,
         min_clients=n_clients,
     ).validate()
     replica = Replica.from_base(spec, model)
@@ -490,6 +494,12 @@ def main() -> None:
     ap.add_argument("--hypergradient", action="store_true", help="adapt the lr online from re-probed seeds")
     ap.add_argument("--guard-rounds", type=int, default=0, help="the loss guard's window in rounds (0: off)")
     ap.add_argument("--guard-z", type=float, default=4.0, help="the loss guard's threshold in standard errors")
+    ap.add_argument(
+        "--weighting",
+        choices=("equal", "examples"),
+        default="equal",
+        help="seedfed rows: each client's report counts equally, or by its examples (FedAvg)",
+    )
     ap.add_argument("--group-size", type=int, default=0, help="clients per seed (0: every client probes the round's seed)")
     ap.add_argument(
         "--each",

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import click
 
-from seedfed.shared.taskspec import AGGREGATIONS, SCALE_RULES, SCHEDULES, STEP_RULES, Objective, TaskSpec, TaskSpecError
+from seedfed.shared.taskspec import (
+    AGGREGATIONS,
+    SCALE_RULES,
+    SCHEDULES,
+    STEP_RULES,
+    WEIGHTINGS,
+    Objective,
+    TaskSpec,
+    TaskSpecError,
+)
 from seedfed.shared.wire import CLIENT_NAME, TASK_ID, FieldLimit
 
 # genesis fields `init` takes from its own options or computes; --set may override the rest
@@ -74,6 +83,13 @@ def _parse_set(pairs: tuple[str, ...]) -> dict[str, object]:
     default=None,
     help="How a seed's scalars combine (default mean). screened_mean leaves out clients whose scalars are outlying "
     "over recent rounds and clips the rest; it holds against a minority under zeroth-order noise (docs/security.md).",
+)
+@click.option(
+    "--weighting",
+    type=click.Choice(WEIGHTINGS),
+    default=None,
+    help="How reports count (default equal): examples weighs each by the examples its client holds (FedAvg), "
+    "so clients whose data differ train the model of all their data (mean and screened_mean).",
 )
 @click.option("--trim-fraction", type=float, default=None, help="trimmed_mean: the fraction cut from each end.")
 @click.option(

@@ -215,6 +215,7 @@ class ClientDaemon:
             cfg.data_seed if cfg.data_seed is not None else int.from_bytes(hashlib.sha256(self.name.encode()).digest()[:4], "big")
         )
         self.prober = Prober(replica, self.weights, objective, MinibatchSampler(examples, spec.batch_size, seed))
+        self.examples = len(examples)  # claimed with each report; a task weighted by examples counts it
         self._event(
             "ready",
             examples=len(examples),
@@ -428,6 +429,7 @@ class ClientDaemon:
             slot=result.slot,
             scalars=result.scalars,
             loss=result.loss if result.loss == result.loss else 0.0,
+            examples=min(self.examples, 2**32 - 1),
         )
         try:
             resp = self._rpc(stub.Submit, request)

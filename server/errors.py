@@ -46,6 +46,7 @@ WRONG_SLOT = _reason("wrong-slot", C.PERMISSION_DENIED)
 NOT_ASSIGNED = _reason("not-assigned", C.PERMISSION_DENIED)
 SCALAR_COUNT = _reason("scalar-count", C.INVALID_ARGUMENT)
 SCALAR_VALUE = _reason("scalar-value", C.INVALID_ARGUMENT)
+EXAMPLES = _reason("examples", C.INVALID_ARGUMENT)
 BASE_DIGEST = _reason("base-digest", C.FAILED_PRECONDITION)
 FROM_ROUND = _reason("from-round", C.OUT_OF_RANGE)
 DIGEST_ROUND = _reason("digest-round", C.OUT_OF_RANGE)
@@ -134,6 +135,10 @@ def scalar_count(got: int, want: int) -> Refusal:
 
 def scalar_value() -> Refusal:
     return Refusal(SCALAR_VALUE, "byte -128 is not a valid scalar (the range is -127..127)")
+
+
+def examples_missing() -> Refusal:
+    return Refusal(EXAMPLES, "this task weighs each report by its client's examples: send examples >= 1")
 
 
 def base_digest(got: str, want: str) -> Refusal:

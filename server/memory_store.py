@@ -185,7 +185,7 @@ class MemoryStore(LedgerStore):
                     same = have.slot == s.slot and have.scalars == s.scalars
                     out.append(SubmitOutcome.IDENTICAL if same else SubmitOutcome.DUPLICATE)
                     continue
-                a.submissions[s.client_id] = Submission(s.client_id, s.slot, s.scalars, s.loss, s.received_at)
+                a.submissions[s.client_id] = Submission(s.client_id, s.slot, s.scalars, s.loss, s.received_at, s.examples)
                 out.append(SubmitOutcome.ACCEPTED)
             return out
 

@@ -126,6 +126,7 @@ class SubmissionRow(Base):
     scalars: Mapped[bytes] = mapped_column(LargeBinary)
     loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     received_at: Mapped[float] = mapped_column(Float)
+    examples: Mapped[int] = mapped_column(Integer, server_default=text("0"))  # claimed; 0: not said
 
 
 class LedgerEntryRow(Base):

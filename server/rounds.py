@@ -388,7 +388,9 @@ class TaskRounds:
         return recs
 
     # -- Submit ---------------------------------------------------------------
-    async def submit(self, client_id: str, round_no: int, slot: int, scalars: bytes, loss: float) -> SubmitAnswer:
+    async def submit(
+        self, client_id: str, round_no: int, slot: int, scalars: bytes, loss: float, examples: int = 0
+    ) -> SubmitAnswer:
         c = self._client(client_id)
         o = self.open
         if o is None:
@@ -411,6 +413,9 @@ class TaskRounds:
             raise errors.scalar_count(len(scalars), want)
         if 0x80 in scalars:
             raise errors.scalar_value()
+        if self.spec.weighting == "examples" and examples < 1:
+            raise errors.examples_missing()
+        examples = examples if self.spec.weighting == "examples" else 0  # stored only where it counts
         have = o.submissions.get(client_id)
         if have is not None:
             if have.scalars == scalars:
@@ -419,7 +424,7 @@ class TaskRounds:
         now = self.now()
         loss_value = float(loss) if math.isfinite(loss) else None
         outcome = await self.writer.submit(
-            PendingSubmission(self.task_id, round_no, plan.attempt, client_id, slot, scalars, loss_value, now)
+            PendingSubmission(self.task_id, round_no, plan.attempt, client_id, slot, scalars, loss_value, now, examples)
         )
         if outcome is SubmitOutcome.LATE:
             raise errors.late(round_no)
@@ -429,7 +434,7 @@ class TaskRounds:
         identical = outcome is SubmitOutcome.IDENTICAL
         o2 = self.open
         if o2 is not None and o2.plan.round == round_no and o2.plan.attempt == plan.attempt:
-            o2.submissions.setdefault(client_id, Submission(client_id, slot, scalars, loss_value, now))
+            o2.submissions.setdefault(client_id, Submission(client_id, slot, scalars, loss_value, now, examples))
             o2.waiting.discard(client_id)
             self._wake.set()
             return SubmitAnswer(len(o2.submissions), len(plan.slots), identical)

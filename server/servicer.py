@@ -72,7 +72,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def Submit(self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext) -> pb.SubmitResponse:
         rounds = await self.coordinator.rounds_of(request.task_id)
         try:
-            answer = await rounds.submit(request.client_id, request.round, request.slot, request.scalars, request.loss)
+            answer = await rounds.submit(
+                request.client_id, request.round, request.slot, request.scalars, request.loss, request.examples
+            )
         except Refusal as r:
             self.coordinator.observer.submission(request.task_id, r.reason)
             raise

@@ -114,7 +114,7 @@ class SqlStore(LedgerStore):
     @staticmethod
     def _submissions(s: Session, round_id: int) -> list[Submission]:
         rows = s.execute(select(SubmissionRow).where(SubmissionRow.round_id == round_id).order_by(SubmissionRow.slot)).scalars()
-        return [Submission(r.client_id, r.slot, bytes(r.scalars), r.loss, r.received_at) for r in rows]
+        return [Submission(r.client_id, r.slot, bytes(r.scalars), r.loss, r.received_at, r.examples) for r in rows]
 
     # -- tasks
     def register_task(self, spec: TaskSpec, now: float) -> bool:
@@ -314,6 +314,7 @@ class SqlStore(LedgerStore):
                     "scalars": sub.scalars,
                     "loss": sub.loss,
                     "received_at": sub.received_at,
+                    "examples": sub.examples,
                 }
             )
             outcomes.append(SubmitOutcome.ACCEPTED)

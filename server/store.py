@@ -73,6 +73,7 @@ class PendingSubmission:
     scalars: bytes
     loss: float | None
     received_at: float
+    examples: int = 0  # the client's claimed training examples (0: not said)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,14 @@ others' reports, clipped to the median plus or minus a few typical
 distances, are averaged. A client that is extreme on most seeds (a constant
 +127, a sign-flipped report at full strength) is left out, and one that is
 extreme now and then moves a step by at most the clip.
+
+Under weighting "examples" (FedAvg's) mean and screened_mean weigh each
+report by the training examples its client says it holds. With clients whose
+data differ (one holds mostly one label) an equal mean minimises the mean of
+their losses, which can favour one label over the data as a whole; weighting
+by examples minimises the loss over all their data, as a centralised run
+would. A claim counts at most WEIGHT_CAP times the round's median claim, so a
+client that lies about its size buys a bounded share.
 """
 
 from __future__ import annotations
@@ -38,6 +46,26 @@ def aggregate(values: Sequence[float], rule: str, trim_fraction: float = 0.2) ->
     raise ValueError(f"unknown aggregation rule {rule!r}")
 
 
+WEIGHT_CAP = 4.0
+
+
+def example_weights(claims: Sequence[int]) -> list[float]:
+    """Each report's weight from its client's claimed example count: the claim, at
+    most WEIGHT_CAP times the median positive claim; a missing claim (0) weighs
+    as the median."""
+    positive = [c for c in claims if c > 0]
+    if not positive:
+        return [1.0] * len(claims)
+    median = float(statistics.median(positive))
+    return [min(float(c), WEIGHT_CAP * median) if c > 0 else median for c in claims]
+
+
+def weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float:
+    if not values:
+        raise ValueError("nothing to aggregate")
+    return math.fsum(w * x for w, x in zip(weights, values)) / math.fsum(weights)
+
+
 def _centre_and_spread(rows: Sequence[Sequence[float]], floor: float) -> tuple[list[float], float]:
     """Each seed's median, and the median distance of all reports from their
     seed's median (at least ``floor``: reports closer than that are one value)."""
@@ -59,8 +87,14 @@ def outlying(scores: Sequence[float], threshold: float) -> bool:
     return bool(scores) and statistics.median(scores) > threshold
 
 
-def clipped_mean(rows: Sequence[Sequence[float]], clip: float, floor: float) -> list[float]:
-    """Per seed, the mean of the reports clipped to median +- ``clip`` typical distances."""
+def clipped_mean(
+    rows: Sequence[Sequence[float]], clip: float, floor: float, weights: Sequence[float] | None = None
+) -> list[float]:
+    """Per seed, the mean of the reports clipped to median +- ``clip`` typical distances
+    (weighted by ``weights``, one per row, when given)."""
     centre, spread = _centre_and_spread(rows, floor)
     bound = clip * spread
-    return [math.fsum(min(max(x, c - bound), c + bound) for x in column) / len(rows) for column, c in zip(zip(*rows), centre)]
+    clipped = [[min(max(x, c - bound), c + bound) for x in column] for column, c in zip(zip(*rows), centre)]
+    if weights is None:
+        return [math.fsum(column) / len(rows) for column in clipped]
+    return [weighted_mean(column, weights) for column in clipped]

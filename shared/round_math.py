@@ -16,7 +16,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from seedfed.shared.aggregate import aggregate, clipped_mean, deviations, outlying
+from seedfed.shared.aggregate import aggregate, clipped_mean, deviations, example_weights, outlying, weighted_mean
 from seedfed.shared.assignment import pro_probabilities, uniform_seeds, weighted_seeds
 from seedfed.shared.ledger import RoundRecord, make_record
 from seedfed.shared.loss_guard import LossGuard, round_loss
@@ -65,6 +65,7 @@ class Submission:
     scalars: bytes
     loss: float | None
     received_at: float
+    examples: int = 0  # the training examples the client holds, as it claims (0: not said)
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,7 @@ def compute_commit(
     rolls back, the round commits its undo instead of its own steps."""
     _check_history(plan.round, history)
     screened = spec.aggregation == "screened_mean"
+    weighted = spec.weighting == "examples"
     blind = screened and saturated(spec, plan, submissions)
     by_group = {} if blind else _groups(plan, submissions)
     left_out = left_out_clients(spec, plan, submissions, history) if screened and not blind else set()
@@ -252,8 +254,12 @@ def compute_commit(
         subs = by_group[group]
         rows = [[max(-cap, min(cap, v)) for v in _values(plan, s)] for s in subs]
         if screened:
-            kept = [r for r, s in zip(rows, subs) if s.client_id not in left_out] or rows
-            aggs = clipped_mean(kept, spec.screen_clip, plan.scalar_scale)
+            kept = [(r, s) for r, s in zip(rows, subs) if s.client_id not in left_out] or list(zip(rows, subs))
+            weights = example_weights([s.examples for _, s in kept]) if weighted else None
+            aggs = clipped_mean([r for r, _ in kept], spec.screen_clip, plan.scalar_scale, weights)
+        elif weighted:
+            weights = example_weights([s.examples for s in subs])
+            aggs = [weighted_mean(column, weights) for column in zip(*rows)]
         else:
             aggs = [aggregate(column, spec.aggregation, spec.trim_fraction) for column in zip(*rows)]
         for seed, agg in zip(plan.group_seeds[group], aggs):

@@ -21,6 +21,8 @@ from typing import Any
 from seedfed.shared.philox import GENERATOR_ID
 
 AGGREGATIONS = ("mean", "median", "trimmed_mean", "screened_mean")
+WEIGHTINGS = ("equal", "examples")
+WEIGHTED_AGGREGATIONS = ("mean", "screened_mean")  # the rules that take a weight per report
 SCALE_RULES = ("fixed", "adaptive")
 SAMPLINGS = ("uniform", "fedkseed_pro")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -81,6 +83,9 @@ class TaskSpec:
     scale_rule: str = "fixed"  # adaptive: each round's scale follows the bytes of the round before
     scale_target: int = 8  # adaptive: the median |byte| the scale aims at
     aggregation: str = "mean"
+    # examples: each report counts by the training examples its client holds (FedAvg), so the run
+    # minimises the loss over all clients' data instead of the mean of their losses
+    weighting: str = "equal"
     trim_fraction: float = 0.2
     byzantine_clients: int = 0  # the minority of faulty clients the aggregation must tolerate
     screen_rounds: int = 10  # screened_mean: the rounds a client's outlyingness is measured over
@@ -148,6 +153,11 @@ class TaskSpec:
         need(self.scale_rule in SCALE_RULES, f"scale_rule must be one of {SCALE_RULES}")
         need(1 <= self.scale_target <= 100, "scale_target must lie in [1, 100] (bytes)")
         need(self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS}")
+        need(self.weighting in WEIGHTINGS, f"weighting must be one of {WEIGHTINGS}")
+        need(
+            self.weighting == "equal" or self.aggregation in WEIGHTED_AGGREGATIONS,
+            f"weighting examples needs an aggregation of {WEIGHTED_AGGREGATIONS}, not {self.aggregation}",
+        )
         need(0.0 <= self.trim_fraction < 0.5, "trim_fraction must lie in [0, 0.5)")
         need(0 <= self.byzantine_clients <= 50_000, "byzantine_clients must lie in [0, 50000]")
         need(1 <= self.screen_rounds <= 1000, "screen_rounds must lie in [1, 1000]")
@@ -214,6 +224,8 @@ class TaskSpec:
             del d["step_rule"], d["step_clip"]
         if self.guard_rounds == 0:
             del d["guard_rounds"], d["guard_z"]
+        if self.weighting == "equal":
+            del d["weighting"]
         if self.aggregation != "screened_mean":
             del d["screen_rounds"], d["screen_threshold"], d["screen_clip"]
         return d

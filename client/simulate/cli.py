@@ -28,7 +28,7 @@ from seedfed.client.evaluate import MAX_NEW_TOKENS
 from seedfed.client.simulate.dataset import SimulationData, load_data, parse_labels, share_suffix
 from seedfed.client.simulate.split import dirichlet_split, iid_split
 from seedfed.shared.ledger import record_bytes
-from seedfed.shared.taskspec import OBJECTIVES, SCALE_RULES, SCHEDULES, STEP_RULES
+from seedfed.shared.taskspec import OBJECTIVES, SCALE_RULES, SCHEDULES, STEP_RULES, WEIGHTINGS
 
 DEFAULT_TASK_ID = "demo"
 MAX_LENGTH = {"classification": 64, "causal_lm": 128}  # tokens per example unless --max-length says
@@ -335,6 +335,13 @@ def client_report(proc) -> dict:
     show_default=True,
     help="the one-byte scale: fixed, or adaptive (follows the scalars' spread so few bytes clip)",
 )
+@click.option(
+    "--weighting",
+    type=click.Choice(WEIGHTINGS),
+    default="equal",
+    show_default=True,
+    help="examples: each client's report counts by the examples of its share (FedAvg), not equally",
+)
 @click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option("--task-id", default=DEFAULT_TASK_ID, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("seedfed-sim"), show_default=True)
@@ -364,6 +371,7 @@ def simulate_command(
     warmup_rounds,
     guard_rounds,
     scale_rule,
+    weighting,
     seed,
     task_id,
     out,
@@ -394,6 +402,7 @@ def simulate_command(
         "warmup_rounds": warmup_rounds,
         "guard_rounds": guard_rounds,
         "scale_rule": scale_rule,
+        "weighting": weighting,
         "round_deadline_s": 120.0,
         "digest_every": 5,
     }

@@ -75,6 +75,7 @@ class InProcessFederation:
         self.spec = replica.spec
         batch = batch_size or self.spec.batch_size
         self.client_ids = [f"client-{i}" for i in range(len(client_examples))]
+        self.sizes = [len(examples) for examples in client_examples]  # what each client claims under weighting examples
         self.probers = [
             Prober(replica, weights, objective, MinibatchSampler(examples, batch, seed=sampler_seed + i))
             for i, examples in enumerate(client_examples)
@@ -136,7 +137,7 @@ class InProcessFederation:
         one_seed = plan.group_size == 0 and len(plan.group_seeds[0]) == 1
         work = self._probe_together(plan) if self.together and one_seed else self._probe_each(plan)
         for slot, (client_id, (scalars, loss)) in enumerate(zip(self.client_ids, work)):
-            submissions.append(Submission(client_id, slot, scalars, loss, time.time()))
+            submissions.append(Submission(client_id, slot, scalars, loss, time.time(), self.sizes[slot]))
             seeds = plan.seeds_of_slot(slot)
             opened = pb.RoundOpen(
                 round=round_no, slot=slot, seeds=seeds, deadline_unix=plan.deadline, lr=plan.lr, scalar_scale=plan.scalar_scale

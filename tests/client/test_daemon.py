@@ -85,6 +85,7 @@ def test_catch_up_then_live_round(tmp_path, bert_spec, bert_dir, served):
         fake.live.put(pb.SyncEvent(open=pb.RoundOpen(round=13, slot=0, seeds=[5, 6], lr=1e-3, deadline_unix=0)))
         wait_until(lambda: fake.submits, 60, "a submission")
         assert len(fake.submits[0].scalars) == 2 and fake.submits[0].round == 13
+        assert fake.submits[0].examples == 16  # the size of its data file, for a task weighted by examples
         rec13 = make_record(records[-1].hash, 13, {5: 1, 6: -2})
         fake.records.append(rec13)
         fake.live.put(pb.SyncEvent(commit=commit_message(rec13)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from coord_helpers import make_spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -88,3 +89,41 @@ def test_commit_does_not_depend_on_arrival_order(payloads: list[bytes], rnd: ran
     shuffled = subs[:]
     rnd.shuffle(shuffled)
     assert compute_commit(spec, plan, subs, b"\1" * 32) == compute_commit(spec, plan, shuffled, b"\1" * 32)
+
+
+def test_weighting_by_examples_counts_each_report_by_its_clients_claim() -> None:
+    clients = ["a", "b", "c"]
+    # a and b hold 100 examples each and report +8; c holds 1,000 and reports -8
+    subs = [
+        Submission("a", 0, bytes([8]), None, 0.0, 100),
+        Submission("b", 1, bytes([8]), None, 0.0, 100),
+        Submission("c", 2, bytes([0xF8]), None, 0.0, 1000),  # 0xF8 = -8
+    ]
+    equal = make_spec(scalar_scale=0.5, local_steps=1)
+    weighted = make_spec(scalar_scale=0.5, local_steps=1, weighting="examples")
+    plan = plan_round(weighted, 1, 1, clients, {}, 0.0)
+    (seed,) = plan.group_seeds[0]
+
+    def steps(aggregated: float) -> dict[int, int]:
+        return integer_steps([(seed, aggregated)], lr=plan.lr, unit=equal.unit, task_seed=equal.task_seed, round_no=1)
+
+    assert compute_commit(equal, plan, subs, b"\0" * 32).record.entries == steps((4 + 4 - 4) / 3)
+    # c's 1,000 counts as 400: four times the median claim (100)
+    assert compute_commit(weighted, plan, subs, b"\0" * 32).record.entries == steps((100 * 4 + 100 * 4 - 400 * 4) / 600)
+
+
+def test_weighting_leaves_a_report_without_a_claim_at_the_median() -> None:
+    from seedfed.shared.aggregate import example_weights
+
+    assert example_weights([10, 30, 0]) == [10.0, 30.0, 20.0]
+    assert example_weights([0, 0]) == [1.0, 1.0]
+    assert example_weights([1, 1, 1_000_000]) == [1.0, 1.0, 4.0]
+
+
+def test_weighted_screened_mean_weighs_the_clipped_reports() -> None:
+    from seedfed.shared.aggregate import clipped_mean
+
+    rows = [[1.0], [2.0], [3.0], [100.0]]
+    # 100 is clipped to the median (2.5) plus 6 typical distances (the median distance, 1.0)
+    assert clipped_mean(rows, 6.0, 0.01) == [pytest.approx((1 + 2 + 3 + 8.5) / 4)]
+    assert clipped_mean(rows, 6.0, 0.01, [1.0, 1.0, 2.0, 0.0]) == [pytest.approx((1 + 2 + 2 * 3) / 4)]

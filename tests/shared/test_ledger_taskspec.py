@@ -172,6 +172,18 @@ def test_step_rule_and_warmup_are_validated_and_leave_old_genesis_bytes_alone():
     assert b'"step_clip":1.0' in new.canonical_bytes()
 
 
+def test_weighting_is_validated_and_leaves_old_genesis_bytes_alone():
+    with pytest.raises(TaskSpecError, match="weighting must be one of"):
+        spec(weighting="size").validate()
+    with pytest.raises(TaskSpecError, match="weighting examples needs an aggregation of"):
+        spec(weighting="examples", aggregation="median").validate()
+    assert b"weighting" not in spec().canonical_bytes()
+    weighted = spec(weighting="examples").validate()
+    assert b'"weighting":"examples"' in weighted.canonical_bytes()
+    assert weighted.genesis_hash() != spec().genesis_hash()
+    assert TaskSpec.from_canonical(weighted.canonical_bytes()) == weighted
+
+
 # -- ledger ---------------------------------------------------------------------------------
 
 

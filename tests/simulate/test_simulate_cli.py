@@ -15,6 +15,8 @@ from seedfed.client.history import load_history
 from seedfed.client.simulate.processes import seedfed_command
 from seedfed.client.simulate.sample_data import LABEL_NAMES, make_examples, make_instructions, write_jsonl
 from seedfed.client.simulate.tinymodel import build_tiny_encoder
+from seedfed.server.db import make_engine
+from seedfed.server.sql_store import SqlStore
 from seedfed.shared.ledger import read_ledger_file
 from seedfed.shared.taskspec import TaskSpec
 
@@ -148,10 +150,19 @@ def test_simulate_runs_a_four_class_task_from_a_labelled_file(tmp_path: Path, fo
         "simulate", "--data", str(data), "--labels", FOUR_LABELS, "--template", "news about {label}",
         "--clients", "2", "--rounds", "3", "--split", "dirichlet", "--model", str(model), "--out", str(out), "--timeout", "500",
         "--step-rule", "spread", "--scale-rule", "adaptive", "--warmup-rounds", "1", "--lr-schedule", "cosine",
+        "--weighting", "examples",
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     spec, records = load_history(f"sqlite:///{out / 'coordinator.db'}", "demo", None)
-    assert (spec.step_rule, spec.scale_rule, spec.warmup_rounds) == ("spread", "adaptive", 1)
+    assert (spec.step_rule, spec.scale_rule, spec.warmup_rounds, spec.weighting) == ("spread", "adaptive", 1, "examples")
+    # each client daemon claimed the examples of its share with every report
+    share_sizes = sorted(len((out / "data" / f"client-{i}.tsv").read_text().splitlines()) - 1 for i in range(2))
+    store = SqlStore(make_engine(f"sqlite:///{out / 'coordinator.db'}"))
+    try:
+        for rec in records:
+            assert sorted(s.examples for s in store.committed_submissions("demo", rec.round)[1]) == share_sizes
+    finally:
+        store.close()
     assert any(rec.steps for rec in records)  # the spread rule's steps reached the ledger and every client
     assert spec.objective.kind == "classification"
     assert spec.objective.labels == ("sports", "world", "science", "business")

@@ -131,20 +131,22 @@ class SyncEvent(_message.Message):
     def __init__(self, commit: _Optional[_Union[RoundCommit, _Mapping]] = ..., open: _Optional[_Union[RoundOpen, _Mapping]] = ..., caught_up: _Optional[_Union[CaughtUp, _Mapping]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("task_id", "client_id", "round", "slot", "scalars", "loss")
+    __slots__ = ("task_id", "client_id", "round", "slot", "scalars", "loss", "examples")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     SCALARS_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     client_id: str
     round: int
     slot: int
     scalars: bytes
     loss: float
-    def __init__(self, task_id: _Optional[str] = ..., client_id: _Optional[str] = ..., round: _Optional[int] = ..., slot: _Optional[int] = ..., scalars: _Optional[bytes] = ..., loss: _Optional[float] = ...) -> None: ...
+    examples: int
+    def __init__(self, task_id: _Optional[str] = ..., client_id: _Optional[str] = ..., round: _Optional[int] = ..., slot: _Optional[int] = ..., scalars: _Optional[bytes] = ..., loss: _Optional[float] = ..., examples: _Optional[int] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
     __slots__ = ("received", "expected")
