@@ -19,8 +19,9 @@ report by the training examples its client says it holds. With clients whose
 data differ (one holds mostly one label) an equal mean minimises the mean of
 their losses, which can favour one label over the data as a whole; weighting
 by examples minimises the loss over all their data, as a centralised run
-would. A claim counts at most WEIGHT_CAP times the round's median claim, so a
-client that lies about its size buys a bounded share.
+would. A claim counts at most WEIGHT_CAP times the median claim of the
+reports on its seeds, so a client that lies about its size buys a bounded
+share.
 """
 
 from __future__ import annotations
