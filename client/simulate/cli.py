@@ -338,9 +338,9 @@ def client_report(proc) -> dict:
 @click.option(
     "--weighting",
     type=click.Choice(WEIGHTINGS),
-    default="equal",
+    default="examples",
     show_default=True,
-    help="examples: each client's report counts by the examples of its share (FedAvg), not equally",
+    help="examples: each client's report counts by the examples of its share (FedAvg); equal: once per client",
 )
 @click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option("--task-id", default=DEFAULT_TASK_ID, show_default=True)
