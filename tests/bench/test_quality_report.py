@@ -50,3 +50,28 @@ def test_the_loss_table_shows_rows_that_recorded_losses() -> None:
     assert "| new row | 0.504 / 0.608 |" in table
     assert "old row" not in table
     assert quality_sst2.loss_table(rows[:1]) == ""
+
+
+def test_merge_reads_parts_written_before_losses_were_recorded(tmp_path, monkeypatch) -> None:
+    import json
+    import sys
+
+    old = Row("seedfed, 8 clients, step constant, fixed scale, lr 0.0001", curve=[[0, 0.70], [200, 0.72]], final_accuracy=0.72)
+    new = Row(
+        "seedfed, 8 clients, step constant, fixed scale, lr 0.0001, seed 2",
+        curve=[[0, 0.70], [200, 0.74]],
+        final_accuracy=0.74,
+        losses=[[0, math.nan, 0.58], [200, 0.51, 0.55]],
+    )
+    old_dict = dict(old.__dict__)
+    del old_dict["losses"]  # a part file from before the field existed
+    (tmp_path / "part-a.json").write_text(json.dumps([old_dict]))
+    (tmp_path / "part-b.json").write_text(json.dumps([new.__dict__]))
+    monkeypatch.setattr(sys, "argv", ["quality_sst2.py", "--merge", "--out", str(tmp_path)])
+    quality_sst2.main()
+    report = (tmp_path / "quality_sst2.md").read_text()
+    assert "| 72.00% |" in report and "| 74.00% |" in report
+    assert "| seedfed, 8 clients, step constant, fixed scale, lr 0.0001, seed 2 | 0.510 / 0.550 |" in report
+    assert "73.00%" in report  # the two seeds' mean, in the table across seeds
+    rows = json.loads((tmp_path / "quality_sst2.json").read_text())["rows"]
+    assert [len(r["losses"]) for r in rows] == [0, 2]
