@@ -3,6 +3,7 @@ refusal of a tampered record, digest mismatch, resume from a checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -73,6 +74,22 @@ def served(bert_spec):
     srv.stop()
 
 
+@pytest.mark.parametrize(("weighting", "claim"), [("examples", 16), ("equal", 0)])
+def test_a_report_claims_its_examples_where_the_task_weighs_by_them(tmp_path, bert_spec, weighting, claim):
+    spec = dataclasses.replace(bert_spec, weighting=weighting)
+    fake = FakeCoordinator(spec, synthetic_ledger(spec, 1))
+    srv = Served(fake)
+    run = Running(tmp_path, srv.target, spec)  # its data file holds 16 examples
+    try:
+        wait_until(lambda: run.events("caught_up"), 60, what=run.events)
+        fake.live.put(pb.SyncEvent(open=pb.RoundOpen(round=2, slot=0, seeds=[5], lr=1e-3, deadline_unix=0)))
+        wait_until(lambda: fake.submits, 60, "a submission")
+        assert fake.submits[0].examples == claim
+    finally:
+        run.stop()
+        srv.stop()
+
+
 def test_catch_up_then_live_round(tmp_path, bert_spec, bert_dir, served):
     fake, target, records = served
     run = Running(tmp_path, target, bert_spec)
@@ -85,7 +102,6 @@ def test_catch_up_then_live_round(tmp_path, bert_spec, bert_dir, served):
         fake.live.put(pb.SyncEvent(open=pb.RoundOpen(round=13, slot=0, seeds=[5, 6], lr=1e-3, deadline_unix=0)))
         wait_until(lambda: fake.submits, 60, "a submission")
         assert len(fake.submits[0].scalars) == 2 and fake.submits[0].round == 13
-        assert fake.submits[0].examples == 16  # the size of its data file, for a task weighted by examples
         rec13 = make_record(records[-1].hash, 13, {5: 1, 6: -2})
         fake.records.append(rec13)
         fake.live.put(pb.SyncEvent(commit=commit_message(rec13)))
