@@ -88,9 +88,9 @@ def _parse_set(pairs: tuple[str, ...]) -> dict[str, object]:
     "--weighting",
     type=click.Choice(WEIGHTINGS),
     default=None,
-    help="How reports count: examples weighs each by the examples its client holds (FedAvg), so clients whose "
-    "data differ train the model of all their data; equal counts each client once. Default: examples under "
-    "mean aggregation, equal under the rules that outvote faulty clients (a claim is one more thing to lie about).",
+    help="How reports count (default equal: once per client): examples weighs each by the examples its client "
+    "holds (FedAvg), so clients whose data differ train the model of all their data (mean and screened_mean; "
+    "measured in docs/bench/quality_sst2.md).",
 )
 @click.option("--trim-fraction", type=float, default=None, help="trimmed_mean: the fraction cut from each end.")
 @click.option(
@@ -154,7 +154,6 @@ def init_task(
     fields.update(_parse_set(sets))
     if fields.get("aggregation") == "screened_mean":
         fields.setdefault("scale_rule", "adaptive")  # screening needs unsaturated bytes
-    fields.setdefault("weighting", "examples" if fields.get("aggregation", "mean") == "mean" else "equal")
     obj = Objective(
         kind=objective, labels=label_list if objective == "classification" else (), template=template, max_length=max_length
     )

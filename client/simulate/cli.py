@@ -338,9 +338,9 @@ def client_report(proc) -> dict:
 @click.option(
     "--weighting",
     type=click.Choice(WEIGHTINGS),
-    default="examples",
+    default="equal",
     show_default=True,
-    help="examples: each client's report counts by the examples of its share (FedAvg); equal: once per client",
+    help="equal: each client's report counts once; examples: by the examples of its share (FedAvg)",
 )
 @click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option("--task-id", default=DEFAULT_TASK_ID, show_default=True)

@@ -68,17 +68,14 @@ def test_step_rule_warmup_and_schedule_reach_the_genesis(tmp_path, engine, bert_
     assert r.exit_code != 0 and "guard_rounds" in r.output, r.output
 
 
-def test_weighting_by_examples_reaches_the_genesis_and_needs_a_weighted_rule(tmp_path, engine, bert_dir) -> None:  # noqa: ANN001
+def test_weighting_reaches_the_genesis_and_examples_needs_a_weighted_rule(tmp_path, engine, bert_dir) -> None:  # noqa: ANN001
     out = tmp_path / "task.toml"
     r = init(bert_dir, out)
     assert r.exit_code == 0, r.output
-    assert TaskSpec.load_toml(out).weighting == "examples"  # the default under mean
-    r = init(bert_dir, out, "--force", "--aggregation", "screened_mean", "--byzantine-clients", "1", "--min-clients", "3")
+    assert TaskSpec.load_toml(out).weighting == "equal"  # the default
+    r = init(bert_dir, out, "--force", "--weighting", "examples", "--aggregation", "screened_mean")
     assert r.exit_code == 0, r.output
-    assert TaskSpec.load_toml(out).weighting == "equal"  # a rule against faulty clients does not read claims by default
-    r = init(bert_dir, out, "--force", "--weighting", "equal")
-    assert r.exit_code == 0, r.output
-    assert TaskSpec.load_toml(out).weighting == "equal"
+    assert (TaskSpec.load_toml(out).weighting, TaskSpec.load_toml(out).aggregation) == ("examples", "screened_mean")
     r = init(bert_dir, out, "--force", "--weighting", "examples", "--aggregation", "median")
     assert r.exit_code != 0 and "weighting examples needs an aggregation of" in r.output, r.output
-    assert TaskSpec.load_toml(out).aggregation == "mean"  # the refused command left the file as it was
+    assert TaskSpec.load_toml(out).aggregation == "screened_mean"  # the refused command left the file as it was

@@ -62,7 +62,7 @@ def test_step_rule_options_reach_the_task_file(tmp_path: Path, tiny_model: Path)
     r = seedfed("simulate", "--prepare-only", "--rounds", "40", "--model", str(tiny_model), "--out", str(out), *rules, *guard)
     assert r.returncode == 0, r.stderr
     spec = TaskSpec.load_toml(out / "task.toml")
-    assert spec.weighting == "examples"  # the default: FedAvg's weighting of each share by its size
+    assert spec.weighting == "equal"  # the default: each client's report counts once
     assert (spec.step_rule, spec.lr_schedule, spec.warmup_rounds, spec.scale_rule, spec.max_rounds, spec.guard_rounds) == (
         "spread",
         "cosine",
