@@ -74,3 +74,14 @@ def test_a_loss_guard_rollback_gives_back_the_best_windows_weights(setting) -> N
         assert digests[r] in {digests[e] for e in kept_ends}, f"round {r} did not return to a window's end"
         assert digests[r] != digests[r - 1]
     assert fed.plan(17).lr == guarded.lr_at(17) * 2.0 ** -len(fed.guard.rollbacks)
+
+
+def test_under_weighting_by_examples_each_client_claims_its_share(setting) -> None:
+    import dataclasses
+
+    spec, model_dir, shares = setting
+    weighted = federation((dataclasses.replace(spec, weighting="examples").validate(), model_dir, shares), together=True)
+    equal = federation(setting, together=True)
+    assert weighted.sizes == [len(s) for s in shares] == [12] * 4
+    # the claim costs its field: tag 7 and the varint 12, two bytes a report
+    assert weighted.run_round().bytes_up_per_client == equal.run_round().bytes_up_per_client + 2
