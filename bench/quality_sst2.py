@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from seedfed.client.data import LabelledText, read_classification
 from seedfed.client.engine.state import ComputeWeights
 from seedfed.client.model import describe_base
-from seedfed.client.objectives import ClassificationObjective
+from seedfed.client.objectives import ClassificationObjective, accuracy_and_loss
 from seedfed.client.replica import Replica
 from seedfed.client.simulate.inprocess import InProcessFederation
 from seedfed.client.simulate.split import dirichlet_split
@@ -111,17 +111,9 @@ def objective_spec(max_length: int) -> Objective:
     return Objective(kind="classification", labels=LABELS, template=TEMPLATE, max_length=max_length)
 
 
-@torch.inference_mode()
 def evaluate(objective: ClassificationObjective, dev: list[LabelledText]) -> tuple[float, float]:
     """Dev accuracy and mean dev cross-entropy, from one forward pass per batch."""
-    correct, total = 0, 0.0
-    for i in range(0, len(dev), 128):
-        chunk = dev[i : i + 128]
-        logits = objective.logits([ex.text for ex in chunk])
-        target = torch.tensor([ex.label for ex in chunk], device=logits.device)
-        correct += int((logits.argmax(dim=-1) == target).sum())
-        total += float(F.cross_entropy(logits, target, reduction="sum"))
-    return correct / len(dev), total / len(dev)
+    return accuracy_and_loss(objective, dev, batch_size=128)
 
 
 def checkpoint(row: Row, step: int, objective, dev, train_losses: list[float]) -> None:

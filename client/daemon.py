@@ -429,7 +429,7 @@ class ClientDaemon:
             slot=result.slot,
             scalars=result.scalars,
             loss=result.loss if result.loss == result.loss else 0.0,
-            examples=min(self.examples, 2**32 - 1) if self.spec.weighting == "examples" else 0,  # else unread
+            examples=min(self.examples, 2**32 - 1) if self.spec.weighs_by_examples else 0,  # else unread
         )
         try:
             resp = self._rpc(stub.Submit, request)

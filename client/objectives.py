@@ -199,6 +199,21 @@ def accuracy(objective: ClassificationObjective, examples: Sequence[LabelledText
     return correct / max(len(examples), 1)
 
 
+@torch.inference_mode()
+def accuracy_and_loss(
+    objective: ClassificationObjective, examples: Sequence[LabelledText], batch_size: int = 128
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy together, from one forward pass per batch."""
+    correct, total = 0, 0.0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        logits = objective.logits([ex.text for ex in chunk])
+        target = torch.tensor([ex.label for ex in chunk], device=logits.device)
+        correct += int((logits.argmax(dim=-1) == target).sum())
+        total += float(F.cross_entropy(logits, target, reduction="sum"))
+    return correct / max(len(examples), 1), total / max(len(examples), 1)
+
+
 def mean_loss(objective: Objective, examples: Sequence[Any], batch_size: int = 32) -> float:
     """Example-weighted mean loss over a whole data set (evaluation)."""
     total, count = 0.0, 0

@@ -413,9 +413,9 @@ class TaskRounds:
             raise errors.scalar_count(len(scalars), want)
         if 0x80 in scalars:
             raise errors.scalar_value()
-        if self.spec.weighting == "examples" and examples < 1:
+        if self.spec.weighs_by_examples and examples < 1:
             raise errors.examples_missing()
-        examples = examples if self.spec.weighting == "examples" else 0  # stored only where it counts
+        examples = examples if self.spec.weighs_by_examples else 0  # stored only where it counts
         have = o.submissions.get(client_id)
         if have is not None:
             if have.scalars == scalars:

@@ -237,7 +237,7 @@ def compute_commit(
     rolls back, the round commits its undo instead of its own steps."""
     _check_history(plan.round, history)
     screened = spec.aggregation == "screened_mean"
-    weighted = spec.weighting == "examples"
+    weighted = spec.weighs_by_examples
     blind = screened and saturated(spec, plan, submissions)
     by_group = {} if blind else _groups(plan, submissions)
     left_out = left_out_clients(spec, plan, submissions, history) if screened and not blind else set()

@@ -108,6 +108,11 @@ class TaskSpec:
     def unit(self) -> float:
         return math.ldexp(1.0, self.unit_log2)
 
+    @property
+    def weighs_by_examples(self) -> bool:
+        """Reports count by their clients' example claims, which are then required and stored."""
+        return self.weighting == "examples"
+
     def lr_at(self, round_no: int) -> float:
         """Learning rate of round ``round_no`` (1-based): a linear warmup over
         warmup_rounds, then the schedule's decay over the rounds left to max_rounds."""

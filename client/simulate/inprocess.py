@@ -150,7 +150,7 @@ class InProcessFederation:
                 slot=slot,
                 scalars=scalars,
                 loss=loss,
-                examples=self.sizes[slot] if self.spec.weighting == "examples" else 0,  # as a daemon sends it
+                examples=self.sizes[slot] if self.spec.weighs_by_examples else 0,  # as a daemon sends it
             )
             up += request.ByteSize() + 5
         commit = compute_commit(self.spec, plan, submissions, self.replica.head_hash, tuple(self.recent), self.guard)
