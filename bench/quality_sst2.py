@@ -220,7 +220,8 @@ class HypergradientFederation(InProcessFederation):
 
 
 def rule_label(args) -> str:
-    parts = [f"step {args.step_rule}" + (f" (clip {args.step_clip:g})" if args.step_rule == "spread" else "")]
+    parts = [f"train {args.min_words}+ words"] if args.min_words else []
+    parts += [f"step {args.step_rule}" + (f" (clip {args.step_clip:g})" if args.step_rule == "spread" else "")]
     if args.warmup or args.lr_schedule != "constant":
         parts.append(f"warmup {args.warmup} + {args.lr_schedule} decay")
     if args.hypergradient:
@@ -505,6 +506,12 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--dev-limit", type=int, default=0, help="evaluate on the first N dev sentences (0: all 872)")
     ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument(
+        "--min-words",
+        type=int,
+        default=0,
+        help="train only on examples of at least N words (SST-2's train split is mostly phrases, its dev set sentences)",
+    )
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--rows", default="zero-shot,mezo,seedfed-1,seedfed-n,first-order")
@@ -521,20 +528,27 @@ def main() -> None:
             run(args, model_dir)
         return
     if args.merge:
-        rows = []
-        for part in sorted(args.out.glob("part-*.json")):
-            for r in json.loads(part.read_text()):
-                r["curve"] = [tuple(c) for c in r["curve"]]
-                r["losses"] = [tuple(c) for c in r.get("losses", [])]  # rows run before the losses were recorded
-                rows.append(Row(**r))
-        order = ["zero-shot", "mezo", "seedfed, 1", "seedfed, ", "first-order"]
-        rows.sort(key=lambda r: next(i for i, o in enumerate(order) if r.name.startswith(o)))
-        write_report(rows, args, args.out)
+        write_report(merge_parts(args.out), args, args.out)
         return
     for name in ("train.tsv", "dev.tsv"):
         if not (args.data / name).is_file():
             sys.exit(f"SST-2 file {args.data / name} not found: pass --data DIR (or set SEEDFED_SST2)")
     run(args, minilm_dir())
+
+
+def merge_parts(out: Path) -> list[Row]:
+    """Every row of OUT/part-*.json, in the table's order. A row's name is its configuration, so
+    a name met again in a later part (by file name) is a rerun and replaces the earlier row."""
+    rows: dict[str, Row] = {}
+    for part in sorted(out.glob("part-*.json")):
+        for r in json.loads(part.read_text()):
+            r["curve"] = [tuple(c) for c in r["curve"]]
+            r["losses"] = [tuple(c) for c in r.get("losses", [])]  # rows run before the losses were recorded
+            if r["name"] in rows:
+                print(f"  {part.name} replaces the earlier row {r['name']!r}")
+            rows[r["name"]] = Row(**r)
+    order = ["zero-shot", "mezo", "seedfed, 1", "seedfed, ", "first-order"]
+    return sorted(rows.values(), key=lambda r: next(i for i, o in enumerate(order) if r.name.startswith(o)))
 
 
 def run(args, model_dir: Path) -> None:
@@ -544,6 +558,8 @@ def run(args, model_dir: Path) -> None:
     dev = read_classification(args.data / "dev.tsv", LABELS)
     if args.dev_limit:
         dev = dev[: args.dev_limit]
+    if args.min_words:
+        train = [ex for ex in train if len(ex.text.split()) >= args.min_words]
     spec_obj = objective_spec(args.max_length)
     wanted = args.rows.split(",")
     rows: list[Row] = []

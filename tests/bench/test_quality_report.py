@@ -75,3 +75,16 @@ def test_merge_reads_parts_written_before_losses_were_recorded(tmp_path, monkeyp
     assert "73.00%" in report  # the two seeds' mean, in the table across seeds
     rows = json.loads((tmp_path / "quality_sst2.json").read_text())["rows"]
     assert [len(r["losses"]) for r in rows] == [0, 2]
+
+
+def test_merge_keeps_one_row_per_configuration_the_latest_part_winning(tmp_path) -> None:
+    import json
+
+    name = "seedfed, 8 clients, step constant, fixed scale, lr 0.0001"
+    first = Row(name, curve=[[0, 0.70], [200, 0.72]], final_accuracy=0.72)
+    rerun = Row(name, curve=[[0, 0.70], [200, 0.75]], final_accuracy=0.75)
+    other = Row(name + ", seed 2", curve=[[0, 0.70], [200, 0.74]], final_accuracy=0.74)
+    (tmp_path / "part-00-previous.json").write_text(json.dumps([first.__dict__, other.__dict__]))
+    (tmp_path / "part-rerun.json").write_text(json.dumps([rerun.__dict__]))
+    rows = quality_sst2.merge_parts(tmp_path)
+    assert [(r.name, r.final_accuracy) for r in rows] == [(name, 0.75), (name + ", seed 2", 0.74)]
