@@ -41,15 +41,16 @@ def evaluate_module(
     """Loss, and accuracy or Rouge-L; ``max_new_tokens`` bounds each generated response
     (default ``MAX_NEW_TOKENS``; 0: no generation, no Rouge-L)."""
     from seedfed.client.data import read_examples
-    from seedfed.client.objectives import accuracy, build_objective, mean_loss, rouge_l
+    from seedfed.client.objectives import accuracy_and_loss, build_objective, mean_loss, rouge_l
 
     examples = read_examples(data_path, spec.objective.kind, spec.objective.labels)
     if limit:
         examples = examples[:limit]
     objective = build_objective(spec.objective, module, tokenizer, device)
-    loss = mean_loss(objective, examples)
     if spec.objective.kind == "classification":
-        return EvalResult(len(examples), loss, accuracy(objective, examples))
+        acc, loss = accuracy_and_loss(objective, examples)  # one forward pass per batch gives both
+        return EvalResult(len(examples), loss, acc)
+    loss = mean_loss(objective, examples)
     new_tokens = MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
     if new_tokens == 0:
         return EvalResult(len(examples), loss, None)
