@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -53,7 +54,6 @@ def test_the_loss_table_shows_rows_that_recorded_losses() -> None:
 
 
 def test_merge_reads_parts_written_before_losses_were_recorded(tmp_path, monkeypatch) -> None:
-    import json
     import sys
 
     old = Row("seedfed, 8 clients, step constant, fixed scale, lr 0.0001", curve=[[0, 0.70], [200, 0.72]], final_accuracy=0.72)
@@ -78,8 +78,6 @@ def test_merge_reads_parts_written_before_losses_were_recorded(tmp_path, monkeyp
 
 
 def test_merge_keeps_one_row_per_configuration_the_latest_part_winning(tmp_path) -> None:
-    import json
-
     name = "seedfed, 8 clients, step constant, fixed scale, lr 0.0001"
     first = Row(name, curve=[[0, 0.70], [200, 0.72]], final_accuracy=0.72)
     rerun = Row(name, curve=[[0, 0.70], [200, 0.75]], final_accuracy=0.75)
