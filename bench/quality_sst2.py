@@ -45,7 +45,7 @@ from seedfed.client.replica import Replica
 from seedfed.client.simulate.inprocess import InProcessFederation
 from seedfed.client.simulate.split import dirichlet_split
 from seedfed.shared.round_math import RoundPlan
-from seedfed.shared.taskspec import Objective, TaskSpec
+from seedfed.shared.taskspec import GUARD_RETURNS, Objective, TaskSpec
 
 LABELS = ("negative", "positive")
 TEMPLATE = "a {label} review"
@@ -60,6 +60,7 @@ SMOKE_RULES = {
     "lr_schedule": "cosine",
     "hypergradient": True,
     "guard_rounds": 2,
+    "guard_return": "window_start",
     "weighting": "examples",
 }
 
@@ -229,7 +230,8 @@ def rule_label(args) -> str:
     if args.weighting != "equal":
         parts.append(f"weighting {args.weighting}")
     if args.guard_rounds:
-        parts.append(f"loss guard ({args.guard_rounds} rounds, z {args.guard_z:g})")
+        back = ", back to window start" if args.guard_return == "window_start" else ""
+        parts.append(f"loss guard ({args.guard_rounds} rounds, z {args.guard_z:g}{back})")
     parts.append(f"{args.scale_rule} scale")
     return ", ".join(parts) + seed_summary.lr_part(args.lr)
 
@@ -255,6 +257,7 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
         step_clip=args.step_clip,
         guard_rounds=args.guard_rounds,
         guard_z=args.guard_z,
+        guard_return=args.guard_return,
         pool_size=args.pool,
         local_steps=1,
         group_size=args.group_size,
@@ -487,6 +490,12 @@ def main() -> None:
     ap.add_argument("--hypergradient", action="store_true", help="adapt the lr online from re-probed seeds")
     ap.add_argument("--guard-rounds", type=int, default=0, help="the loss guard's window in rounds (0: off)")
     ap.add_argument("--guard-z", type=float, default=4.0, help="the loss guard's threshold in standard errors")
+    ap.add_argument(
+        "--guard-return",
+        choices=GUARD_RETURNS,
+        default="window_end",
+        help="where the loss guard's rollback returns: the best window's end or its start",
+    )
     ap.add_argument(
         "--weighting",
         choices=("equal", "examples"),

@@ -11,8 +11,16 @@ stops the damage but does not undo it. The guard does both:
 - When a window ends, its loss is compared with the best earlier window's. If
   it is higher by more than ``guard_z`` standard errors of the difference,
   that round commits no step of its own: it commits the negated sum of every
-  step since the best window ended. Integer addition is exact, so the weights
-  are again, bit for bit, the ones that best window ended with.
+  step since the best window's end (``guard_return`` window_end) or its start
+  (window_start). Integer addition is exact, so the weights are again, bit for
+  bit, the ones the best window ended or started with.
+- Why the start: a round's loss is measured at the weights before its step,
+  so a window's loss describes the weights from its start to just before its
+  end. Its end is the one point it did not measure. When the damage happens
+  inside the best window (at a large lr, around the warmup's peak), its end
+  already holds it, and returning there repeats the damage; its start, for the
+  first window the base weights, is a point the window's loss vouches for.
+  The price is one window's progress per rollback.
 - Every later round then runs at half the lr, down to 2**-MAX_HALVINGS of the
   schedule's; after that the guard stands aside.
 
@@ -76,26 +84,28 @@ class LossGuard:
     """Fed every committed round in order (``record``); asked about the round
     being committed (``undo``) and the lr of the rounds to come (``lr_factor``)."""
 
-    def __init__(self, guard_rounds: int, guard_z: float) -> None:
+    def __init__(self, guard_rounds: int, guard_z: float, guard_return: str = "window_end") -> None:
         self.every = guard_rounds
         self.z = guard_z
+        self.to_start = guard_return == "window_start"
         self.halvings = 0
         self.rollbacks: list[int] = []  # the rounds that rolled back
         self.best: Window | None = None
         self.current = Window()
-        self.since_best: dict[int, int] = {}  # every step since the best window ended, summed per seed
+        self.since_best: dict[int, int] = {}  # every step since the restore point, summed per seed
+        self.in_window: dict[int, int] = {}  # the current window's steps, summed per seed
 
     @classmethod
     def for_spec(cls, spec) -> LossGuard | None:
-        return cls(spec.guard_rounds, spec.guard_z) if spec.guard_rounds > 0 else None
+        return cls(spec.guard_rounds, spec.guard_z, spec.guard_return) if spec.guard_rounds > 0 else None
 
     def lr_factor(self) -> float:
         return math.ldexp(1.0, -self.halvings)
 
     def undo(self, round_no: int, loss: float | None) -> dict[int, int] | None:
         """The entries round ``round_no`` commits instead of its own steps, or
-        None when it commits its own: the negated steps since the best window
-        ended, when this round ends a window whose loss rose. ``loss``: the
+        None when it commits its own: the negated steps since the restore
+        point, when this round ends a window whose loss rose. ``loss``: the
         round's round_loss."""
         if round_no % self.every or self.halvings >= MAX_HALVINGS or self.best is None:
             return None
@@ -106,17 +116,24 @@ class LossGuard:
     def record(self, round_no: int, loss: float | None, entries: Mapping[int, int]) -> None:
         rolled_back = self.undo(round_no, loss) is not None
         self.current = self.current.plus(loss)
-        for seed, q in entries.items():
-            total = self.since_best.get(seed, 0) + q
-            if total:
-                self.since_best[seed] = total
-            else:
-                self.since_best.pop(seed, None)
+        _add(self.since_best, entries)
+        _add(self.in_window, entries)
         if round_no % self.every:
             return
         if rolled_back:
             self.halvings += 1
             self.rollbacks.append(round_no)
         elif self.current.n >= 2 and (self.best is None or self.current.mean < self.best.mean):
-            self.best, self.since_best = self.current, {}
-        self.current = Window()
+            self.best = self.current
+            self.since_best = self.in_window if self.to_start else {}
+        self.current, self.in_window = Window(), {}
+
+
+def _add(total: dict[int, int], entries: Mapping[int, int]) -> None:
+    """Add a round's entries into per-seed sums, keeping only the nonzero ones."""
+    for seed, q in entries.items():
+        value = total.get(seed, 0) + q
+        if value:
+            total[seed] = value
+        else:
+            total.pop(seed, None)

@@ -27,6 +27,7 @@ SCALE_RULES = ("fixed", "adaptive")
 SAMPLINGS = ("uniform", "fedkseed_pro")
 SCHEDULES = ("constant", "linear", "cosine")
 STEP_RULES = ("constant", "spread")
+GUARD_RETURNS = ("window_end", "window_start")  # where a loss guard's rollback takes the weights
 DISTRIBUTIONS = ("rademacher",)
 OBJECTIVES = ("causal_lm", "classification")
 # A task id: also a wire field (seedfed.shared.wire.TASK_ID) and a 64-wide column.
@@ -75,6 +76,7 @@ class TaskSpec:
     step_clip: float = 1.0  # spread: each report is clipped at this many spreads before it is aggregated (0: no clip)
     guard_rounds: int = 0  # the loss guard's window (0: off): a window whose loss rose rolls back and halves the lr
     guard_z: float = 4.0  # the loss guard: how many standard errors above the best window's loss count as a rise
+    guard_return: str = "window_end"  # the loss guard: a rollback returns to the best window's end or its start
     pool_size: int = 4096  # K; 0 means unbounded seeds
     local_steps: int = 1  # seeds each client probes per round
     group_size: int = 0  # clients that probe the same seeds; 0 means all clients of the round
@@ -149,6 +151,7 @@ class TaskSpec:
         need(self.step_rule in STEP_RULES, f"step_rule must be one of {STEP_RULES}")
         need(0 <= self.guard_rounds <= 1_000_000, "guard_rounds must lie in [0, 1000000] (0: no loss guard)")
         need(math.isfinite(self.guard_z) and 0 < self.guard_z <= 100, "guard_z must lie in (0, 100]")
+        need(self.guard_return in GUARD_RETURNS, f"guard_return must be one of {GUARD_RETURNS}")
         need(math.isfinite(self.step_clip) and 0 <= self.step_clip <= 1000, "step_clip must lie in [0, 1000] (0: no clip)")
         need(0 <= self.pool_size <= 2**24, "pool_size must lie in [0, 2**24] (0: unbounded)")
         need(1 <= self.local_steps <= 4096, "local_steps must lie in [1, 4096]")
@@ -229,6 +232,8 @@ class TaskSpec:
             del d["step_rule"], d["step_clip"]
         if self.guard_rounds == 0:
             del d["guard_rounds"], d["guard_z"]
+        if self.guard_rounds == 0 or self.guard_return == "window_end":
+            del d["guard_return"]
         if self.weighting == "equal":
             del d["weighting"]
         if self.aggregation != "screened_mean":

@@ -42,6 +42,30 @@ def test_a_rise_takes_the_weights_back_to_the_best_window_and_halves_the_lr() ->
     assert guard.rollbacks == [16]
 
 
+def test_window_start_takes_the_weights_back_to_where_the_best_window_began() -> None:
+    rng = random.Random(1)
+    guard = LossGuard(guard_rounds=4, guard_z=3.0, guard_return="window_start")
+    level = [1.0 + rng.uniform(-0.01, 0.01) for _ in range(8)]
+    lower = [0.9 + rng.uniform(-0.01, 0.01) for _ in range(4)]
+    risen = [1.3 + rng.uniform(-0.01, 0.01) for _ in range(4)]
+    committed = feed(guard, level + lower + risen, rng)
+    assert guard.rollbacks == [16] and guard.lr_factor() == 0.5
+    # round 16 undid rounds 9..15: the weights are those the best window (rounds 9..12) started from
+    assert committed[15] == {s: -q for s, q in fold(committed[8:15]).items()}
+    assert fold(committed[8:16]) == {}
+
+
+def test_damage_inside_the_first_window_goes_back_to_the_base_weights_only_with_window_start() -> None:
+    # the first window's loss is the lowest, but its steps already did the damage the next window shows
+    losses = [0.60, 0.61, 0.60, 0.61] + [0.70, 0.71, 0.70, 0.71]
+    to_end, to_start = LossGuard(4, 2.0), LossGuard(4, 2.0, "window_start")
+    by_end, by_start = feed(to_end, losses, random.Random(5)), feed(to_start, losses, random.Random(5))
+    # the same rise is seen at the same round; only where it returns differs
+    assert to_end.rollbacks == to_start.rollbacks == [8] and by_end[:7] == by_start[:7]
+    assert fold(by_end[4:8]) == {} and fold(by_end) == fold(by_end[:4]) != {}
+    assert fold(by_start) == {}  # the base weights, bit for bit
+
+
 def test_noise_alone_does_not_roll_back() -> None:
     rng = random.Random(2)
     guard = LossGuard(guard_rounds=10, guard_z=4.0)
@@ -76,14 +100,22 @@ def test_a_round_loss_is_the_median_of_the_reported_ones() -> None:
 
 def test_the_guard_is_in_the_genesis_only_when_on() -> None:
     off = make_spec()
-    assert "guard_rounds" not in off.to_dict() and "guard_z" not in off.to_dict()
+    assert not {"guard_rounds", "guard_z", "guard_return"} & set(off.to_dict())
     on = dataclasses.replace(off, guard_rounds=100, guard_z=3.5).validate()
     assert TaskSpec.from_canonical(on.canonical_bytes()) == on
     assert on.genesis_hash() != off.genesis_hash()
     assert LossGuard.for_spec(off) is None and LossGuard.for_spec(on).every == 100
+    # a genesis written before guard_return existed keeps its hash: window_end is left out
+    assert "guard_return" not in on.to_dict()
+    to_start = dataclasses.replace(on, guard_return="window_start").validate()
+    assert to_start.to_dict()["guard_return"] == "window_start"
+    assert TaskSpec.from_canonical(to_start.canonical_bytes()) == to_start
+    assert to_start.genesis_hash() != on.genesis_hash() and LossGuard.for_spec(to_start).to_start
 
 
-@pytest.mark.parametrize("fields", [{"guard_rounds": -1}, {"guard_z": 0.0}, {"guard_z": float("inf")}])
+@pytest.mark.parametrize(
+    "fields", [{"guard_rounds": -1}, {"guard_z": 0.0}, {"guard_z": float("inf")}, {"guard_return": "window_middle"}]
+)
 def test_a_bad_guard_is_refused_by_name(fields: dict) -> None:
     with pytest.raises(TaskSpecError, match=next(iter(fields))):
         dataclasses.replace(make_spec(), **fields).validate()

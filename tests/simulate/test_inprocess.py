@@ -57,21 +57,29 @@ def test_rounds_commit_the_same_way_either_way(setting) -> None:
     assert each.replica.round == together.replica.round == 3
 
 
-def test_a_loss_guard_rollback_gives_back_the_best_windows_weights(setting) -> None:
+@pytest.mark.parametrize("guard_return", ["window_end", "window_start"])
+def test_a_loss_guard_rollback_gives_back_the_best_windows_weights(setting, guard_return) -> None:
     import dataclasses
 
     spec, model_dir, shares = setting
-    guarded = dataclasses.replace(spec, guard_rounds=2, guard_z=0.01).validate()  # any rise rolls back
+    # guard_z 0.01: any rise rolls back
+    guarded = dataclasses.replace(spec, guard_rounds=2, guard_z=0.01, guard_return=guard_return).validate()
     fed = federation((guarded, model_dir, shares), together=True)
     digests = {0: fed.replica.digest()}
+    back = 2 if guard_return == "window_start" else 0  # a window of 2 rounds ending at e started at e - 2
+    best_end, returned_to = None, {}
     for _ in range(16):
+        best = fed.guard.best
         report = fed.run_round()
         digests[report.round] = fed.replica.digest()
         assert report.rolled_back == (report.round in fed.guard.rollbacks)
+        if report.rolled_back:
+            returned_to[report.round] = (best_end - back, best_end - 2 + back)  # (this end of it, the other)
+        elif fed.guard.best is not best:
+            best_end = report.round
     assert fed.guard.rollbacks, "no window rose in 16 rounds"
-    for r in fed.guard.rollbacks:
-        kept_ends = [e for e in range(2, r, 2) if e not in fed.guard.rollbacks]
-        assert digests[r] in {digests[e] for e in kept_ends}, f"round {r} did not return to a window's end"
+    for r, (point, other) in returned_to.items():
+        assert digests[r] == digests[point] != digests[other], f"round {r} did not return to the best window's {guard_return}"
         assert digests[r] != digests[r - 1]
     assert fed.plan(17).lr == guarded.lr_at(17) * 2.0 ** -len(fed.guard.rollbacks)
 
