@@ -28,7 +28,7 @@ from seedfed.client.evaluate import MAX_NEW_TOKENS
 from seedfed.client.simulate.dataset import SimulationData, load_data, parse_labels, share_suffix
 from seedfed.client.simulate.split import dirichlet_split, iid_split
 from seedfed.shared.ledger import record_bytes
-from seedfed.shared.taskspec import OBJECTIVES, SCALE_RULES, SCHEDULES, STEP_RULES, WEIGHTINGS
+from seedfed.shared.taskspec import GUARD_RETURNS, OBJECTIVES, SCALE_RULES, SCHEDULES, STEP_RULES, WEIGHTINGS
 
 DEFAULT_TASK_ID = "demo"
 MAX_LENGTH = {"classification": 64, "causal_lm": 128}  # tokens per example unless --max-length says
@@ -329,6 +329,13 @@ def client_report(proc) -> dict:
     "weights and halves the lr",
 )
 @click.option(
+    "--guard-return",
+    type=click.Choice(GUARD_RETURNS),
+    default="window_end",
+    show_default=True,
+    help="where the loss guard goes back to: the best window's end, or its start (for the first window, the base)",
+)
+@click.option(
     "--scale-rule",
     type=click.Choice(SCALE_RULES),
     default="fixed",
@@ -370,6 +377,7 @@ def simulate_command(
     lr_schedule,
     warmup_rounds,
     guard_rounds,
+    guard_return,
     scale_rule,
     weighting,
     seed,
@@ -401,6 +409,7 @@ def simulate_command(
         "lr_schedule": lr_schedule,
         "warmup_rounds": warmup_rounds,
         "guard_rounds": guard_rounds,
+        "guard_return": guard_return,
         "scale_rule": scale_rule,
         "weighting": weighting,
         "round_deadline_s": 120.0,
