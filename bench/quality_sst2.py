@@ -61,6 +61,7 @@ SMOKE_RULES = {
     "hypergradient": True,
     "guard_rounds": 2,
     "guard_return": "window_start",
+    "guard_remeasure": True,
     "weighting": "examples",
 }
 
@@ -231,6 +232,7 @@ def rule_label(args) -> str:
         parts.append(f"weighting {args.weighting}")
     if args.guard_rounds:
         back = ", back to window start" if args.guard_return == "window_start" else ""
+        back += ", remeasured" if args.guard_remeasure else ""
         parts.append(f"loss guard ({args.guard_rounds} rounds, z {args.guard_z:g}{back})")
     parts.append(f"{args.scale_rule} scale")
     return ", ".join(parts) + seed_summary.lr_part(args.lr)
@@ -258,6 +260,7 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
         guard_rounds=args.guard_rounds,
         guard_z=args.guard_z,
         guard_return=args.guard_return,
+        guard_remeasure=args.guard_remeasure,
         pool_size=args.pool,
         local_steps=1,
         group_size=args.group_size,
@@ -495,6 +498,11 @@ def main() -> None:
         choices=GUARD_RETURNS,
         default="window_end",
         help="where the loss guard's rollback returns: the best window's end or its start",
+    )
+    ap.add_argument(
+        "--guard-remeasure",
+        action="store_true",
+        help="after a loss guard rollback, the next window is the reference, not the best window",
     )
     ap.add_argument(
         "--weighting",

@@ -127,7 +127,8 @@ def _parse_set(pairs: tuple[str, ...]) -> dict[str, object]:
     default=None,
     help="The loss guard's window (default 0: off): a window whose reported loss rose goes back to the best "
     "window's weights and halves the lr (--set guard_z=Z: the rise, in standard errors, default 4; "
-    "--set guard_return=window_start: go back to where the best window began, not where it ended).",
+    "--set guard_return=window_start: go back to where the best window began, not where it ended; "
+    "--set guard_remeasure=true: after a rollback, compare with the next window, not the best).",
 )
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other genesis field, e.g. --set digest_every=1.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="task.toml", show_default=True)

@@ -23,6 +23,12 @@ stops the damage but does not undo it. The guard does both:
   The price is one window's progress per rollback.
 - Every later round then runs at half the lr, down to 2**-MAX_HALVINGS of the
   schedule's; after that the guard stands aside.
+- Why remeasure (``guard_remeasure``): the best window is the lowest of many
+  noisy windows, so its mean sits below what its weights give by chance. Held
+  to it, the windows after a rollback, run from those very weights, rise above
+  it by that chance alone and roll back again, halving the lr each time. With
+  remeasure a rollback forgets the best window, and the window that follows it
+  becomes the reference: the restored weights are measured afresh.
 
 The state is a function of the committed rounds alone (their mean losses and
 entries, in order), so a restarted coordinator, a verifier and a simulation
@@ -84,10 +90,11 @@ class LossGuard:
     """Fed every committed round in order (``record``); asked about the round
     being committed (``undo``) and the lr of the rounds to come (``lr_factor``)."""
 
-    def __init__(self, guard_rounds: int, guard_z: float, guard_return: str = "window_end") -> None:
+    def __init__(self, guard_rounds: int, guard_z: float, guard_return: str = "window_end", remeasure: bool = False) -> None:
         self.every = guard_rounds
         self.z = guard_z
         self.to_start = guard_return == "window_start"
+        self.remeasure = remeasure
         self.halvings = 0
         self.rollbacks: list[int] = []  # the rounds that rolled back
         self.best: Window | None = None
@@ -97,7 +104,9 @@ class LossGuard:
 
     @classmethod
     def for_spec(cls, spec) -> LossGuard | None:
-        return cls(spec.guard_rounds, spec.guard_z, spec.guard_return) if spec.guard_rounds > 0 else None
+        if spec.guard_rounds == 0:
+            return None
+        return cls(spec.guard_rounds, spec.guard_z, spec.guard_return, spec.guard_remeasure)
 
     def lr_factor(self) -> float:
         return math.ldexp(1.0, -self.halvings)
@@ -123,6 +132,8 @@ class LossGuard:
         if rolled_back:
             self.halvings += 1
             self.rollbacks.append(round_no)
+            if self.remeasure:
+                self.best = None  # the next window is the reference; since_best is already empty
         elif self.current.n >= 2 and (self.best is None or self.current.mean < self.best.mean):
             self.best = self.current
             self.since_best = self.in_window if self.to_start else {}

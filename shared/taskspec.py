@@ -77,6 +77,7 @@ class TaskSpec:
     guard_rounds: int = 0  # the loss guard's window (0: off): a window whose loss rose rolls back and halves the lr
     guard_z: float = 4.0  # the loss guard: how many standard errors above the best window's loss count as a rise
     guard_return: str = "window_end"  # the loss guard: a rollback returns to the best window's end or its start
+    guard_remeasure: bool = False  # the loss guard: after a rollback, the next window is the reference, not the best
     pool_size: int = 4096  # K; 0 means unbounded seeds
     local_steps: int = 1  # seeds each client probes per round
     group_size: int = 0  # clients that probe the same seeds; 0 means all clients of the round
@@ -234,6 +235,8 @@ class TaskSpec:
             del d["guard_rounds"], d["guard_z"]
         if self.guard_rounds == 0 or self.guard_return == "window_end":
             del d["guard_return"]
+        if self.guard_rounds == 0 or not self.guard_remeasure:
+            del d["guard_remeasure"]
         if self.weighting == "equal":
             del d["weighting"]
         if self.aggregation != "screened_mean":
@@ -305,10 +308,10 @@ def _check_types(spec: TaskSpec) -> None:
         value = getattr(spec, f.name)
         if f.name == "objective":
             continue
-        expected = {"int": int, "float": (int, float), "str": str}.get(str(f.type))
+        expected = {"int": int, "float": (int, float), "str": str, "bool": bool}.get(str(f.type))
         if expected is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, expected):
+        if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
             raise TaskSpecError(f"task field {f.name} must be of type {f.type}, got {type(value).__name__}")
     o = spec.objective
     if not isinstance(o.kind, str) or not isinstance(o.template, str) or not isinstance(o.max_length, int):

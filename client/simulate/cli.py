@@ -336,6 +336,11 @@ def client_report(proc) -> dict:
     help="where the loss guard goes back to: the best window's end, or its start (for the first window, the base)",
 )
 @click.option(
+    "--guard-remeasure",
+    is_flag=True,
+    help="after a rollback, the loss guard holds the restored weights to the next window's loss, not the best one's",
+)
+@click.option(
     "--scale-rule",
     type=click.Choice(SCALE_RULES),
     default="fixed",
@@ -378,6 +383,7 @@ def simulate_command(
     warmup_rounds,
     guard_rounds,
     guard_return,
+    guard_remeasure,
     scale_rule,
     weighting,
     seed,
@@ -410,6 +416,7 @@ def simulate_command(
         "warmup_rounds": warmup_rounds,
         "guard_rounds": guard_rounds,
         "guard_return": guard_return,
+        "guard_remeasure": guard_remeasure,
         "scale_rule": scale_rule,
         "weighting": weighting,
         "round_deadline_s": 120.0,

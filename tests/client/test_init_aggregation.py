@@ -57,11 +57,12 @@ def test_screened_mean_takes_the_adaptive_scale(tmp_path, engine, bert_dir) -> N
 def test_step_rule_warmup_and_schedule_reach_the_genesis(tmp_path, engine, bert_dir) -> None:  # noqa: ANN001
     out = tmp_path / "task.toml"
     args = ("--step-rule", "spread", "--warmup-rounds", "20", "--lr-schedule", "cosine", "--set", "max_rounds=400")
-    r = init(bert_dir, out, *args, "--guard-rounds", "50", "--set", "guard_z=3", "--set", "guard_return=window_start")
+    guard = ("--guard-rounds", "50", "--set", "guard_z=3", "--set", "guard_return=window_start", "--set", "guard_remeasure=true")
+    r = init(bert_dir, out, *args, *guard)
     assert r.exit_code == 0, r.output
     spec = TaskSpec.load_toml(out)
     assert (spec.step_rule, spec.warmup_rounds, spec.lr_schedule, spec.max_rounds) == ("spread", 20, "cosine", 400)
-    assert (spec.guard_rounds, spec.guard_z, spec.guard_return) == (50, 3.0, "window_start")
+    assert (spec.guard_rounds, spec.guard_z, spec.guard_return, spec.guard_remeasure) == (50, 3.0, "window_start", True)
     r = init(bert_dir, out, "--force", "--step-rule", "adam")
     assert r.exit_code != 0 and "--step-rule" in r.output, r.output
     r = init(bert_dir, out, "--force", "--guard-rounds", "-1")

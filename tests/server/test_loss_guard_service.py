@@ -28,10 +28,13 @@ def lying_loss(name: str, round_no: int) -> float:
     return 1e6 if (round_no - 1) // GUARD_ROUNDS % 2 else honest_loss(name, round_no)
 
 
-@pytest.mark.parametrize("guard_return", ["window_end", "window_start"])
+@pytest.mark.parametrize(("guard_return", "remeasure"), [("window_end", False), ("window_start", False), ("window_start", True)])
 @pytest.mark.parametrize(("honest", "liars", "rolls_back"), [(4, 2, False), (2, 4, True)])
-def test_a_lying_minority_cannot_trigger_a_rollback(honest: int, liars: int, rolls_back: bool, guard_return: str) -> None:
-    spec = make_spec(min_clients=honest + liars, local_steps=2, guard_rounds=GUARD_ROUNDS, guard_return=guard_return)
+def test_a_lying_minority_cannot_trigger_a_rollback(
+    honest: int, liars: int, rolls_back: bool, guard_return: str, remeasure: bool
+) -> None:
+    guard = {"guard_rounds": GUARD_ROUNDS, "guard_return": guard_return, "guard_remeasure": remeasure}
+    spec = make_spec(min_clients=honest + liars, local_steps=2, **guard)
     store = MemoryStore()
 
     async def scenario() -> None:

@@ -66,6 +66,29 @@ def test_damage_inside_the_first_window_goes_back_to_the_base_weights_only_with_
     assert fold(by_start) == {}  # the base weights, bit for bit
 
 
+@pytest.mark.parametrize("guard_return", ["window_end", "window_start"])
+def test_remeasure_holds_the_restored_weights_to_their_own_window_not_the_lucky_best(guard_return: str) -> None:
+    rng = random.Random(6)
+
+    def noisy(level: float, n: int = 4) -> list[float]:
+        return [level + rng.uniform(-0.01, 0.01) for _ in range(n)]
+
+    # the window of rounds 9..12 sits low by chance; the damage at 13..16 is rolled back at 16, and
+    # from then on the weights give their true level, above that lucky window
+    losses = noisy(1.0, 8) + noisy(0.95) + noisy(1.3) + noisy(1.0, 12)
+    held, remeasured = LossGuard(4, 2.0, guard_return), LossGuard(4, 2.0, guard_return, remeasure=True)
+    feed(held, losses, random.Random(7))
+    committed = feed(remeasured, losses, random.Random(7))
+    # held to the lucky window, every later window "rose" and halved the lr until the guard gave up
+    assert held.rollbacks == [16, 20, 24, 28] and held.lr_factor() == 2.0**-MAX_HALVINGS
+    assert remeasured.rollbacks == [16] and remeasured.lr_factor() == 0.5
+    # a real rise is still caught, against the window after the rollback, and returns there
+    committed += feed(remeasured, noisy(1.3), random.Random(8), first=29)
+    assert remeasured.rollbacks == [16, 32]
+    since = 16 if guard_return == "window_start" else 20  # rounds 17..20 form the reference window
+    assert fold(committed[since:32]) == {} and committed[since - 1] and fold(committed[since - 1 : 32]) != {}
+
+
 def test_noise_alone_does_not_roll_back() -> None:
     rng = random.Random(2)
     guard = LossGuard(guard_rounds=10, guard_z=4.0)
@@ -100,7 +123,7 @@ def test_a_round_loss_is_the_median_of_the_reported_ones() -> None:
 
 def test_the_guard_is_in_the_genesis_only_when_on() -> None:
     off = make_spec()
-    assert not {"guard_rounds", "guard_z", "guard_return"} & set(off.to_dict())
+    assert not {"guard_rounds", "guard_z", "guard_return", "guard_remeasure"} & set(off.to_dict())
     on = dataclasses.replace(off, guard_rounds=100, guard_z=3.5).validate()
     assert TaskSpec.from_canonical(on.canonical_bytes()) == on
     assert on.genesis_hash() != off.genesis_hash()
@@ -111,6 +134,18 @@ def test_the_guard_is_in_the_genesis_only_when_on() -> None:
     assert to_start.to_dict()["guard_return"] == "window_start"
     assert TaskSpec.from_canonical(to_start.canonical_bytes()) == to_start
     assert to_start.genesis_hash() != on.genesis_hash() and LossGuard.for_spec(to_start).to_start
+    # likewise guard_remeasure, left out while false
+    assert "guard_remeasure" not in on.to_dict()
+    remeasure = dataclasses.replace(on, guard_remeasure=True).validate()
+    assert remeasure.to_dict()["guard_remeasure"] is True and LossGuard.for_spec(remeasure).remeasure
+    assert TaskSpec.from_canonical(remeasure.canonical_bytes()) == remeasure
+    assert remeasure.genesis_hash() != on.genesis_hash()
+
+
+def test_guard_remeasure_must_be_a_boolean() -> None:
+    raw = {**make_spec(guard_rounds=10).to_dict(), "guard_remeasure": "yes"}
+    with pytest.raises(TaskSpecError, match="guard_remeasure must be of type bool"):
+        TaskSpec.from_dict(raw)
 
 
 @pytest.mark.parametrize(

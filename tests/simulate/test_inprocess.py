@@ -57,13 +57,14 @@ def test_rounds_commit_the_same_way_either_way(setting) -> None:
     assert each.replica.round == together.replica.round == 3
 
 
-@pytest.mark.parametrize("guard_return", ["window_end", "window_start"])
-def test_a_loss_guard_rollback_gives_back_the_best_windows_weights(setting, guard_return) -> None:
+@pytest.mark.parametrize(("guard_return", "remeasure"), [("window_end", False), ("window_start", False), ("window_start", True)])
+def test_a_loss_guard_rollback_gives_back_the_best_windows_weights(setting, guard_return, remeasure) -> None:
     import dataclasses
 
     spec, model_dir, shares = setting
-    # guard_z 0.01: any rise rolls back
-    guarded = dataclasses.replace(spec, guard_rounds=2, guard_z=0.01, guard_return=guard_return).validate()
+    # guard_z 0.01: any rise rolls back; under remeasure the best window is the one after the last rollback
+    guard = {"guard_rounds": 2, "guard_z": 0.01, "guard_return": guard_return, "guard_remeasure": remeasure}
+    guarded = dataclasses.replace(spec, **guard).validate()
     fed = federation((guarded, model_dir, shares), together=True)
     digests = {0: fed.replica.digest()}
     back = 2 if guard_return == "window_start" else 0  # a window of 2 rounds ending at e started at e - 2

@@ -52,18 +52,18 @@ def test_prepare_only_writes_what_the_compose_file_expects(tmp_path: Path, tiny_
     assert len(shares[0]) + len(shares[1]) + len(held_out) - 3 == 1200  # a partition of the generated rows
     assert not (out / "coordinator.db").exists()
     assert (spec.step_rule, spec.lr_schedule, spec.warmup_rounds, spec.scale_rule) == ("constant", "constant", 0, "fixed")
-    assert spec.guard_rounds == 0 and "guard_return" not in spec.to_dict()
+    assert spec.guard_rounds == 0 and not {"guard_return", "guard_remeasure"} & set(spec.to_dict())
 
 
 def test_step_rule_options_reach_the_task_file(tmp_path: Path, tiny_model: Path) -> None:
     out = tmp_path / "rules"
     rules = ("--step-rule", "spread", "--lr-schedule", "cosine", "--warmup-rounds", "5", "--scale-rule", "adaptive")
-    guard = ("--guard-rounds", "10", "--guard-return", "window_start")
+    guard = ("--guard-rounds", "10", "--guard-return", "window_start", "--guard-remeasure")
     r = seedfed("simulate", "--prepare-only", "--rounds", "40", "--model", str(tiny_model), "--out", str(out), *rules, *guard)
     assert r.returncode == 0, r.stderr
     spec = TaskSpec.load_toml(out / "task.toml")
     assert spec.weighting == "equal"  # the default: each client's report counts once
-    assert spec.guard_return == "window_start"
+    assert spec.guard_return == "window_start" and spec.guard_remeasure
     assert (spec.step_rule, spec.lr_schedule, spec.warmup_rounds, spec.scale_rule, spec.max_rounds, spec.guard_rounds) == (
         "spread",
         "cosine",
