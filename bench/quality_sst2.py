@@ -231,8 +231,8 @@ def rule_label(args) -> str:
     if args.weighting != "equal":
         parts.append(f"weighting {args.weighting}")
     if args.guard_rounds:
-        back = ", back to window start" if args.guard_return == "window_start" else ""
-        back += ", remeasured" if args.guard_remeasure else ""
+        back = seed_summary.BACK_TO_START if args.guard_return == "window_start" else ""
+        back += seed_summary.REMEASURED if args.guard_remeasure else ""
         parts.append(f"loss guard ({args.guard_rounds} rounds, z {args.guard_z:g}{back})")
     parts.append(f"{args.scale_rule} scale")
     return ", ".join(parts) + seed_summary.lr_part(args.lr)
@@ -321,8 +321,8 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
             f"final lr x{2 ** (fed.quarters / 4):.3g} of the schedule's"
         )
     if fed.guard:
-        at = ", ".join(str(r) for r in fed.guard.rollbacks) or "none"
-        row.notes += f", rollbacks at rounds: {at}, final lr x{fed.guard.lr_factor():g} of the schedule's"
+        rollbacks = seed_summary.rollbacks_note(fed.guard.rollbacks)
+        row.notes += f", {rollbacks}, final lr x{fed.guard.lr_factor():g} of the schedule's"
     row.notes += f", digest {replica.digest()[:16]}"
     return row
 

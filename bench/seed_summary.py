@@ -3,6 +3,9 @@ than the targets' margins, so a rule is judged by its mean over seeds.
 
 Rows are matched by name: a row run at a non-default seed ends in ", seed N"
 (the default seed's rows carry none), and a learning rate is named ", lr X".
+A loss-guard option changes a run only once the guard rolls back, so where a
+row without the option shows it could not act, that row stands in for the run
+with it, marked as such, and the option's seeds need not all be rerun.
 """
 
 from __future__ import annotations
@@ -14,6 +17,15 @@ from dataclasses import dataclass, field
 
 SEED_SUFFIX = re.compile(r", seed (\d+)$")
 LR_PART = re.compile(r", lr ([0-9.e+-]+)")
+ROLLBACKS = re.compile(r"rollbacks at rounds: (none|\d+(?:, \d+)*)")
+# the loss guard's options as a row's name shows them (quality_sst2.rule_label), each with whether
+# it acts in a run given that run's rollbacks and its last round
+BACK_TO_START = ", back to window start"  # where a rollback returns: acts at every rollback
+REMEASURED = ", remeasured"  # the reference after a rollback: acts from the window after one
+_GUARD_OPTIONS = (
+    (REMEASURED, lambda rollbacks, last: bool(set(rollbacks) - {last})),
+    (BACK_TO_START, lambda rollbacks, last: bool(rollbacks)),
+)
 
 
 def seed_suffix(seed: int, default_seed: int) -> str:
@@ -26,6 +38,19 @@ def lr_part(lr: float) -> str:
     return f", lr {lr:g}"
 
 
+def rollbacks_note(rounds: Sequence[int]) -> str:
+    """How a row's notes list the loss guard's rollbacks (ROLLBACKS reads it back)."""
+    return "rollbacks at rounds: " + (", ".join(map(str, rounds)) or "none")
+
+
+def rollbacks_of(notes: str) -> list[int] | None:
+    """The rounds a row's loss guard rolled back at; None for a row without a guard."""
+    m = ROLLBACKS.search(notes)
+    if m is None:
+        return None
+    return [] if m.group(1) == "none" else [int(x) for x in m.group(1).split(", ")]
+
+
 @dataclass
 class Configuration:
     """One rule at one lr, run at several seeds."""
@@ -33,6 +58,7 @@ class Configuration:
     name: str  # the row name without its seed
     finals: dict[int, float] = field(default_factory=dict)  # seed -> final dev accuracy
     curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    stood_in: set[int] = field(default_factory=set)  # seeds whose row is a run without a guard option that could not act
 
     @property
     def mean(self) -> float:
@@ -57,20 +83,53 @@ def split_seed(name: str, default_seed: int) -> tuple[str, int]:
 def configurations(rows: Iterable, default_seed: int) -> list[Configuration]:
     """Every configuration run at two or more seeds: a rule's lrs together and
     ascending, the rules in the order of their first rows."""
-    by_name: dict[str, Configuration] = {}
+    runs: dict[str, dict[int, object]] = {}
     for r in rows:
-        if not r.name.startswith("seedfed, "):
-            continue
-        name, seed = split_seed(r.name, default_seed)
-        c = by_name.setdefault(name, Configuration(name))
-        c.finals[seed] = r.final_accuracy
-        c.curves[seed] = list(r.curve)
+        if r.name.startswith("seedfed, "):
+            name, seed = split_seed(r.name, default_seed)
+            runs.setdefault(name, {})[seed] = r
+    by_name: dict[str, Configuration] = {}
+    for name in runs:
+        c = by_name[name] = Configuration(name)
+        for seed in sorted(set().union(*(runs.get(n, {}) for n in _without_options(name)))):
+            r = _run_of(runs, name, seed)
+            if r is not None:
+                c.finals[seed] = r.final_accuracy
+                c.curves[seed] = list(r.curve)
+                if seed not in runs[name]:
+                    c.stood_in.add(seed)
     found = [c for c in by_name.values() if len(c.finals) >= 2]
     keys = {c.name: _rule_and_lr(c.name) for c in found}
     first: dict[str, int] = {}
     for rule, _ in keys.values():
         first.setdefault(rule, len(first))
     return sorted(found, key=lambda c: (first[keys[c.name][0]], keys[c.name][1] or 0.0))
+
+
+def _without_options(name: str) -> set[str]:
+    """The name and every name it gives with some of its guard options left out."""
+    out = {name}
+    for part, _ in _GUARD_OPTIONS:
+        if part in name:
+            out |= _without_options(name.replace(part, "", 1))
+    return out
+
+
+def _run_of(runs: dict[str, dict[int, object]], name: str, seed: int):
+    """The row that is the run of configuration ``name`` at ``seed``: its own, or that of
+    the configuration without one of its guard options, where that row shows the option
+    could not have acted. None when neither is there."""
+    own = runs.get(name, {}).get(seed)
+    if own is not None:
+        return own
+    for part, acts in _GUARD_OPTIONS:
+        if part not in name:
+            continue
+        r = _run_of(runs, name.replace(part, "", 1), seed)
+        rollbacks = None if r is None else rollbacks_of(r.notes)
+        if rollbacks is not None and not acts(rollbacks, r.curve[-1][0]):
+            return r
+    return None
 
 
 def _rule_and_lr(name: str) -> tuple[str, float | None]:
@@ -127,9 +186,16 @@ def markdown(configs: Sequence[Configuration]) -> str:
     ]
     for c in configs:
         seeds = sorted(c.finals)
-        finals = ", ".join(f"{100 * c.finals[s]:.2f}%" for s in seeds)
+        finals = ", ".join(f"{100 * c.finals[s]:.2f}%" + ("*" * (s in c.stood_in)) for s in seeds)
         spread = 100 * (max(c.finals.values()) - min(c.finals.values()))
         lines.append(f"| {c.name} | {', '.join(map(str, seeds))} | {finals} | {100 * c.mean:.2f}% | {spread:.2f} |")
+    if any(c.stood_in for c in configs):
+        lines += [
+            "",
+            "\\* the run of the same configuration without one of its loss-guard options (where a rollback"
+            " returns, remeasure), which that run shows could not have acted: it never rolled back, or, for"
+            " remeasure, only at the last round. It was not rerun.",
+        ]
     found = sweeps(configs)
     if found:
         lines += [

@@ -16,6 +16,7 @@ class FakeRow:
     name: str
     final_accuracy: float
     curve: list
+    notes: str = ""
 
 
 def row(lr: str, seed: int | None, final: float) -> FakeRow:
@@ -78,6 +79,41 @@ def test_a_sweep_compares_lrs_over_their_shared_seeds_only() -> None:
     text = seed_summary.markdown(seed_summary.configurations(rows, default_seed=1))
     assert "| 0.001: 74.00%, 0.002: 74.00% | 0.00 | 1: 2.00, 2: 2.00 |" in text
     assert "| 1, 2, 3 | 77.00%, 71.00%, 74.00% | 74.00% | 6.00 |" in text
+
+
+def guarded(options: str, seed: int, final: float, rollbacks: list[int]) -> FakeRow:
+    name = f"seedfed, 8 clients, loss guard (100 rounds, z 2{options}), lr 0.001" + seed_summary.seed_suffix(seed, 1)
+    return FakeRow(name, final, [(0, 0.5), (2000, final)], "K=4096, " + seed_summary.rollbacks_note(rollbacks))
+
+
+def test_a_run_the_guard_option_could_not_act_on_stands_in_for_it() -> None:
+    start, both = seed_summary.BACK_TO_START, seed_summary.BACK_TO_START + seed_summary.REMEASURED
+    rows = [
+        guarded("", 1, 0.70, []),  # never rolled back: the same run under every option
+        guarded("", 2, 0.71, [700]),
+        guarded("", 3, 0.72, [2000]),  # where it returns matters even at the last round
+        guarded(start, 2, 0.73, [700]),
+        guarded(start, 3, 0.74, [2000]),  # remeasure acts only after a rollback's next window
+        guarded(both, 2, 0.75, [700, 900]),
+    ]
+    by_name = {c.name.split("z 2")[1]: c for c in seed_summary.configurations(rows, default_seed=1)}
+    plain, to_start, remeasured = by_name["), lr 0.001"], by_name[f"{start}), lr 0.001"], by_name[f"{both}), lr 0.001"]
+    assert plain.finals == {1: 0.70, 2: 0.71, 3: 0.72} and not plain.stood_in
+    assert to_start.finals == {1: 0.70, 2: 0.73, 3: 0.74} and to_start.stood_in == {1}
+    assert remeasured.finals == {1: 0.70, 2: 0.75, 3: 0.74} and remeasured.stood_in == {1, 3}
+    text = seed_summary.markdown([remeasured])
+    assert "| 70.00%*, 75.00%, 74.00%* |" in text and "was not rerun" in text
+    # a rollback before the last round is one remeasure acts after: no stand-in
+    rows[4] = guarded(start, 3, 0.74, [1500])
+    (remeasured,) = [c for c in seed_summary.configurations(rows, default_seed=1) if c.name.startswith(remeasured.name)]
+    assert remeasured.finals == {1: 0.70, 2: 0.75} and remeasured.stood_in == {1}
+
+
+@pytest.mark.parametrize("rounds", [[], [300], [300, 1400, 2000]])
+def test_rollbacks_read_back_from_the_notes(rounds: list[int]) -> None:
+    notes = f"batch 2, {seed_summary.rollbacks_note(rounds)}, final lr x0.5 of the schedule's, digest ab"
+    assert seed_summary.rollbacks_of(notes) == rounds
+    assert seed_summary.rollbacks_of("batch 2, digest ab") is None
 
 
 def test_one_seed_everywhere_writes_nothing(tmp_path) -> None:
