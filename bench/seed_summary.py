@@ -88,15 +88,20 @@ def configurations(rows: Iterable, default_seed: int) -> list[Configuration]:
         if r.name.startswith("seedfed, "):
             name, seed = split_seed(r.name, default_seed)
             runs.setdefault(name, {})[seed] = r
+    names = dict.fromkeys(runs)
+    for name in runs:  # a guard option's rule also at the lrs only a plainer rule ran at
+        rule, _ = _rule_and_lr(name)
+        plainer = _without_options(rule)
+        names.update(dict.fromkeys(rule + lr_part(lr) for r, lr in map(_rule_and_lr, runs) if r in plainer and lr))
     by_name: dict[str, Configuration] = {}
-    for name in runs:
+    for name in names:
         c = by_name[name] = Configuration(name)
         for seed in sorted(set().union(*(runs.get(n, {}) for n in _without_options(name)))):
             r = _run_of(runs, name, seed)
             if r is not None:
                 c.finals[seed] = r.final_accuracy
                 c.curves[seed] = list(r.curve)
-                if seed not in runs[name]:
+                if seed not in runs.get(name, {}):
                     c.stood_in.add(seed)
     found = [c for c in by_name.values() if len(c.finals) >= 2]
     keys = {c.name: _rule_and_lr(c.name) for c in found}

@@ -81,8 +81,8 @@ def test_a_sweep_compares_lrs_over_their_shared_seeds_only() -> None:
     assert "| 1, 2, 3 | 77.00%, 71.00%, 74.00% | 74.00% | 6.00 |" in text
 
 
-def guarded(options: str, seed: int, final: float, rollbacks: list[int]) -> FakeRow:
-    name = f"seedfed, 8 clients, loss guard (100 rounds, z 2{options}), lr 0.001" + seed_summary.seed_suffix(seed, 1)
+def guarded(options: str, seed: int, final: float, rollbacks: list[int], lr: str = "0.001") -> FakeRow:
+    name = f"seedfed, 8 clients, loss guard (100 rounds, z 2{options}), lr {lr}" + seed_summary.seed_suffix(seed, 1)
     return FakeRow(name, final, [(0, 0.5), (2000, final)], "K=4096, " + seed_summary.rollbacks_note(rollbacks))
 
 
@@ -103,6 +103,11 @@ def test_a_run_the_guard_option_could_not_act_on_stands_in_for_it() -> None:
     assert remeasured.finals == {1: 0.70, 2: 0.75, 3: 0.74} and remeasured.stood_in == {1, 3}
     text = seed_summary.markdown([remeasured])
     assert "| 70.00%*, 75.00%, 74.00%* |" in text and "was not rerun" in text
+    # a rule with an option also appears at an lr only the plainer rule was run at
+    at_2x = [guarded("", seed, 0.69, [], lr="0.002") for seed in (1, 2)]
+    (sweep,) = [s for s in seed_summary.sweeps(seed_summary.configurations(rows + at_2x, 1)) if both in s.rule]
+    assert [lr for lr, _ in sweep.points] == [0.001, 0.002] and sweep.seeds == (1, 2)
+    assert sweep.points[1][1].finals == {1: 0.69, 2: 0.69} and sweep.points[1][1].stood_in == {1, 2}
     # a rollback before the last round is one remeasure acts after: no stand-in
     rows[4] = guarded(start, 3, 0.74, [1500])
     (remeasured,) = [c for c in seed_summary.configurations(rows, default_seed=1) if c.name.startswith(remeasured.name)]
