@@ -88,13 +88,8 @@ def configurations(rows: Iterable, default_seed: int) -> list[Configuration]:
         if r.name.startswith("seedfed, "):
             name, seed = split_seed(r.name, default_seed)
             runs.setdefault(name, {})[seed] = r
-    names = dict.fromkeys(runs)
-    for name in runs:  # a guard option's rule also at the lrs only a plainer rule ran at
-        rule, _ = _rule_and_lr(name)
-        plainer = _without_options(rule)
-        names.update(dict.fromkeys(rule + lr_part(lr) for r, lr in map(_rule_and_lr, runs) if r in plainer and lr))
     by_name: dict[str, Configuration] = {}
-    for name in names:
+    for name in _configuration_names(runs):
         c = by_name[name] = Configuration(name)
         for seed in sorted(set().union(*(runs.get(n, {}) for n in _without_options(name)))):
             r = _run_of(runs, name, seed)
@@ -109,6 +104,16 @@ def configurations(rows: Iterable, default_seed: int) -> list[Configuration]:
     for rule, _ in keys.values():
         first.setdefault(rule, len(first))
     return sorted(found, key=lambda c: (first[keys[c.name][0]], keys[c.name][1] or 0.0))
+
+
+def _configuration_names(runs: dict[str, dict[int, object]]) -> list[str]:
+    """The rows' configurations, and each guard option's rule at the lrs only a plainer rule ran at."""
+    names = dict.fromkeys(runs)
+    rules_and_lrs = [_rule_and_lr(name) for name in runs]
+    for rule, _ in rules_and_lrs:
+        plainer = _without_options(rule)
+        names.update(dict.fromkeys(rule + lr_part(lr) for r, lr in rules_and_lrs if r in plainer and lr is not None))
+    return list(names)
 
 
 def _without_options(name: str) -> set[str]:
