@@ -223,6 +223,8 @@ class HypergradientFederation(InProcessFederation):
 
 def rule_label(args) -> str:
     parts = [f"train {args.min_words}+ words"] if args.min_words else []
+    if args.group_size:
+        parts.append("a seed per client" if args.group_size == 1 else f"a seed per {args.group_size} clients")
     parts += [f"step {args.step_rule}" + (f" (clip {args.step_clip:g})" if args.step_rule == "spread" else "")]
     if args.warmup or args.lr_schedule != "constant":
         parts.append(f"warmup {args.warmup} + {args.lr_schedule} decay")

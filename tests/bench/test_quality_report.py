@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -86,3 +87,20 @@ def test_merge_keeps_one_row_per_configuration_the_latest_part_winning(tmp_path)
     (tmp_path / "part-rerun.json").write_text(json.dumps([rerun.__dict__]))
     rows = quality_sst2.merge_parts(tmp_path)
     assert [(r.name, r.final_accuracy) for r in rows] == [(name, 0.75), (name + ", seed 2", 0.74)]
+
+
+def test_a_row_with_a_seed_per_group_of_clients_is_named_apart() -> None:
+    # merge_parts keys rows by name: a grouped run must not replace the one-seed row
+    args = argparse.Namespace(
+        min_words=0, group_size=0, step_rule="spread", step_clip=1.0, warmup=100, lr_schedule="cosine",
+        hypergradient=False, weighting="equal", guard_rounds=0, guard_z=2.0, guard_return="window_end",
+        guard_remeasure=False, scale_rule="adaptive", lr=1e-3,
+    )  # fmt: skip
+    one_seed = quality_sst2.rule_label(args)
+    args.group_size = 1
+    per_client = quality_sst2.rule_label(args)
+    args.group_size = 2
+    per_pair = quality_sst2.rule_label(args)
+    assert one_seed == "step spread (clip 1), warmup 100 + cosine decay, adaptive scale, lr 0.001"
+    assert per_client == "a seed per client, " + one_seed
+    assert per_pair == "a seed per 2 clients, " + one_seed
