@@ -5,7 +5,9 @@ At the end: every hash any client saw before any kill is still the hash of
 that round; the stored history replays exactly (no submission counted twice,
 assignments deterministic, the loss guard's rollbacks and halved lr rebuilt
 from the stored rounds after every restart); every acknowledged submission is
-in the database; the run reached its last round.
+in the database; the run reached its last round. It runs under the guard's
+default options and under window_start with remeasure, whose restore points
+and references a restart must rebuild as well.
 """
 
 from __future__ import annotations
@@ -60,9 +62,20 @@ def sawtooth_loss(name: str, round_no: int) -> float:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "guard_options",
+    [{}, {"guard_return": "window_start", "guard_remeasure": True}],
+    ids=["guard-defaults", "guard-window-start-remeasured"],
+)
+def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, guard_options: dict) -> None:
     spec = make_spec(
-        min_clients=2, local_steps=4, pool_size=64, round_deadline_s=1.5, max_rounds=ROUNDS, guard_rounds=GUARD_ROUNDS
+        min_clients=2,
+        local_steps=4,
+        pool_size=64,
+        round_deadline_s=1.5,
+        max_rounds=ROUNDS,
+        guard_rounds=GUARD_ROUNDS,
+        **guard_options,
     )
     task_file = tmp_path / "task.toml"
     task_file.write_text(spec.to_toml())
