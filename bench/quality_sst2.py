@@ -50,6 +50,7 @@ from seedfed.shared.taskspec import GUARD_RETURNS, Objective, TaskSpec
 LABELS = ("negative", "positive")
 TEMPLATE = "a {label} review"
 DEFAULT_SEED = 1  # the Dirichlet split, the minibatches and the genesis seed
+DEFAULT_POOL = 4096  # K: FedKSeed's pool size; a row run with another names it
 # a run of seconds on generated data and a tiny BERT (no SST-2, no pretrained model)
 SMOKE = {"steps": 4, "batch": 4, "eval_every": 2, "clients": 2, "pool": 64, "max_length": 32, "threads": 1}
 # ... through every rule's code path
@@ -225,6 +226,8 @@ def rule_label(args) -> str:
     parts = [f"train {args.min_words}+ words"] if args.min_words else []
     if args.group_size:
         parts.append("a seed per client" if args.group_size == 1 else f"a seed per {args.group_size} clients")
+    if args.pool != DEFAULT_POOL:
+        parts.append(f"K={args.pool}")
     parts += [f"step {args.step_rule}" + (f" (clip {args.step_clip:g})" if args.step_rule == "spread" else "")]
     if args.warmup or args.lr_schedule != "constant":
         parts.append(f"warmup {args.warmup} + {args.lr_schedule} decay")
@@ -519,7 +522,7 @@ def main() -> None:
         help="seedfed rows: each client's own Prober, two forward passes per client (default: one pass per sign for all)",
     )
     ap.add_argument("--mezo-clip", type=float, default=0.0, help="mezo row: clip each scalar at +-this (0: no clip)")
-    ap.add_argument("--pool", type=int, default=4096)
+    ap.add_argument("--pool", type=int, default=DEFAULT_POOL)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--eval-every", type=int, default=200)

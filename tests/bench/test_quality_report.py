@@ -89,12 +89,12 @@ def test_merge_keeps_one_row_per_configuration_the_latest_part_winning(tmp_path)
     assert [(r.name, r.final_accuracy) for r in rows] == [(name, 0.75), (name + ", seed 2", 0.74)]
 
 
-def test_a_row_with_a_seed_per_group_of_clients_is_named_apart() -> None:
+def test_a_row_with_a_seed_per_group_of_clients_or_another_pool_is_named_apart() -> None:
     # merge_parts keys rows by name: a grouped run must not replace the one-seed row
     args = argparse.Namespace(
         min_words=0, group_size=0, step_rule="spread", step_clip=1.0, warmup=100, lr_schedule="cosine",
         hypergradient=False, weighting="equal", guard_rounds=0, guard_z=2.0, guard_return="window_end",
-        guard_remeasure=False, scale_rule="adaptive", lr=1e-3,
+        guard_remeasure=False, scale_rule="adaptive", lr=1e-3, pool=quality_sst2.DEFAULT_POOL,
     )  # fmt: skip
     one_seed = quality_sst2.rule_label(args)
     args.group_size = 1
@@ -104,3 +104,5 @@ def test_a_row_with_a_seed_per_group_of_clients_is_named_apart() -> None:
     assert one_seed == "step spread (clip 1), warmup 100 + cosine decay, adaptive scale, lr 0.001"
     assert per_client == "a seed per client, " + one_seed
     assert per_pair == "a seed per 2 clients, " + one_seed
+    args.group_size, args.pool = 0, 256
+    assert quality_sst2.rule_label(args) == "K=256, " + one_seed
