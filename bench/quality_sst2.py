@@ -222,10 +222,17 @@ class HypergradientFederation(InProcessFederation):
         return report
 
 
+def seeds_label(group_size: int) -> str:
+    """How a round's seeds are shared among its clients (the genesis's group_size)."""
+    if group_size == 0:
+        return "one seed per round"
+    return "a seed per client" if group_size == 1 else f"a seed per {group_size} clients"
+
+
 def rule_label(args) -> str:
     parts = [f"train {args.min_words}+ words"] if args.min_words else []
     if args.group_size:
-        parts.append("a seed per client" if args.group_size == 1 else f"a seed per {args.group_size} clients")
+        parts.append(seeds_label(args.group_size))
     if args.pool != DEFAULT_POOL:
         parts.append(f"K={args.pool}")
     parts += [f"step {args.step_rule}" + (f" (clip {args.step_clip:g})" if args.step_rule == "spread" else "")]
@@ -298,8 +305,7 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
     # the table's header names the default seed; a row run at another says so
     name = f"seedfed, {n_clients} client{'s' if n_clients > 1 else ''}, {rule_label(args)}"
     name += seed_summary.seed_suffix(args.seed, DEFAULT_SEED)
-    groups = "one seed per round" if args.group_size == 0 else f"groups of {args.group_size} client(s), a seed each"
-    row = Row(name, notes=f"{split}, batch {per_client_batch} per client, {groups}, K={args.pool}")
+    row = Row(name, notes=f"{split}, batch {per_client_batch} per client, {seeds_label(args.group_size)}, K={args.pool}")
     train_losses: list[float] = []
     checkpoint(row, 0, objective, dev, train_losses)
     start = time.perf_counter()
