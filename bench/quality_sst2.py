@@ -110,8 +110,20 @@ class Row:
     losses: list[tuple[int, float, float]] = field(default_factory=list)
 
 
-def objective_spec(max_length: int) -> Objective:
-    return Objective(kind="classification", labels=LABELS, template=TEMPLATE, max_length=max_length)
+def objective_spec(max_length: int, template: str = TEMPLATE, labels: tuple[str, ...] = LABELS) -> Objective:
+    return Objective(kind="classification", labels=labels, template=template, max_length=max_length)
+
+
+def description_label(args) -> str:
+    """The label descriptions a row scores against, named only when not the table's default."""
+    if args.template == TEMPLATE and tuple(args.label_names) == LABELS:
+        return ""
+    return f"template '{args.template}' ({'/'.join(args.label_names)})"
+
+
+def named(name: str, args) -> str:
+    described = description_label(args)
+    return f"{name}, {described}" if described else name
 
 
 def evaluate(objective: ClassificationObjective, dev: list[LabelledText]) -> tuple[float, float]:
@@ -138,7 +150,7 @@ def run_mezo(model, tokenizer, train, dev, args, spec_obj) -> Row:
     params = [p for p in model.parameters() if p.requires_grad]
     rng = random.Random(args.seed)
     clip = f", scalars clipped at +-{args.mezo_clip:g}" if args.mezo_clip else ""
-    row = Row(f"mezo (centralised, Gaussian, lr {args.lr:g}{clip})")
+    row = Row(named(f"mezo (centralised, Gaussian, lr {args.lr:g}{clip})", args))
     train_losses: list[float] = []
     checkpoint(row, 0, objective, dev, train_losses)
     start = time.perf_counter()
@@ -230,7 +242,9 @@ def seeds_label(group_size: int) -> str:
 
 
 def rule_label(args) -> str:
-    parts = [f"train {args.min_words}+ words"] if args.min_words else []
+    parts = [description_label(args)] if description_label(args) else []
+    if args.min_words:
+        parts.append(f"train {args.min_words}+ words")
     if args.group_size:
         parts.append(seeds_label(args.group_size))
     if args.pool != DEFAULT_POOL:
@@ -346,7 +360,7 @@ def run_first_order(model, tokenizer, train, dev, args, spec_obj) -> Row:
     opt = torch.optim.AdamW(model.parameters(), lr=args.fo_lr)
     rng = random.Random(args.seed)
     steps = args.steps * 2  # same examples seen as the ZO rows' forward passes, as batches of the same size
-    row = Row("first-order (AdamW, backprop)", notes=f"lr {args.fo_lr}, {steps} steps of batch {args.batch}")
+    row = Row(named("first-order (AdamW, backprop)", args), notes=f"lr {args.fo_lr}, {steps} steps of batch {args.batch}")
     train_losses: list[float] = []
     checkpoint(row, 0, objective, dev, train_losses)
     start = time.perf_counter()
@@ -379,7 +393,8 @@ def write_report(rows: list[Row], args, out: Path) -> None:
         f"steps {args.steps}, batch {args.batch} (2 forward passes per step), eps {args.eps}, lr and step rule as each "
         f"row names, genesis scalar scale {args.scalar_scale}, pool K={args.pool}, seed {args.seed}, "
         f"dev set {args.dev_limit or 872} sentences, "
-        f"template '{TEMPLATE}', {args.threads or torch.get_num_threads()} CPU threads per row"
+        f"template '{TEMPLATE}' ({'/'.join(LABELS)}) unless a row names another, "
+        f"{args.threads or torch.get_num_threads()} CPU threads per row"
     )
     lines = [
         "| method | dev accuracy | best on the curve (step) | bytes at +-127 | forward "
@@ -540,6 +555,13 @@ def main() -> None:
         default=0,
         help="train only on examples of at least N words (SST-2's train split is mostly phrases, its dev set sentences)",
     )
+    ap.add_argument("--template", default=TEMPLATE, help="the label description, {label} standing for each label's name")
+    ap.add_argument(
+        "--label-names",
+        type=lambda s: tuple(s.split(",")),
+        default=LABELS,
+        help="the names of SST-2's labels 0 and 1 in the descriptions, comma-separated (default: negative,positive)",
+    )
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--rows", default="zero-shot,mezo,seedfed-1,seedfed-n,first-order")
@@ -549,6 +571,8 @@ def main() -> None:
         "--smoke", action="store_true", help="a run of seconds on generated data and a tiny BERT (the test suite runs it)"
     )
     args = ap.parse_args()
+    if len(args.label_names) != len(LABELS):
+        ap.error(f"--label-names: SST-2 has {len(LABELS)} labels, got {','.join(args.label_names)!r}")
     if args.smoke:
         with tempfile.TemporaryDirectory() as tmp:
             args.data, model_dir = smoke_inputs(Path(tmp))
@@ -588,7 +612,7 @@ def run(args, model_dir: Path) -> None:
         dev = dev[: args.dev_limit]
     if args.min_words:
         train = [ex for ex in train if len(ex.text.split()) >= args.min_words]
-    spec_obj = objective_spec(args.max_length)
+    spec_obj = objective_spec(args.max_length, args.template, tuple(args.label_names))
     wanted = args.rows.split(",")
     rows: list[Row] = []
     print(f"SST-2: {len(train)} train, {len(dev)} dev; model {model_dir}")
@@ -596,7 +620,7 @@ def run(args, model_dir: Path) -> None:
         model, tok = load_model(model_dir)
         start = time.perf_counter()
         acc, _ = evaluate(ClassificationObjective(model, tok, spec_obj, "cpu"), dev)
-        rows.append(Row("zero-shot", [(0, acc)], acc, len(dev), time.perf_counter() - start))
+        rows.append(Row(named("zero-shot", args), [(0, acc)], acc, len(dev), time.perf_counter() - start))
         print(f"  zero-shot dev accuracy {acc:.4f}")
     if "mezo" in wanted:
         model, tok = load_model(model_dir)

@@ -13,7 +13,7 @@ import quality_sst2
 from quality_sst2 import Row
 
 from seedfed.client.data import read_classification
-from seedfed.client.objectives import ClassificationObjective, accuracy, mean_loss
+from seedfed.client.objectives import ClassificationObjective, accuracy, label_texts, mean_loss
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,7 @@ def test_a_row_with_a_seed_per_group_of_clients_or_another_pool_is_named_apart()
         min_words=0, group_size=0, step_rule="spread", step_clip=1.0, warmup=100, lr_schedule="cosine",
         hypergradient=False, weighting="equal", guard_rounds=0, guard_z=2.0, guard_return="window_end",
         guard_remeasure=False, scale_rule="adaptive", lr=1e-3, pool=quality_sst2.DEFAULT_POOL,
+        template=quality_sst2.TEMPLATE, label_names=quality_sst2.LABELS,
     )  # fmt: skip
     one_seed = quality_sst2.rule_label(args)
     args.group_size = 1
@@ -106,3 +107,19 @@ def test_a_row_with_a_seed_per_group_of_clients_or_another_pool_is_named_apart()
     assert per_pair == "a seed per 2 clients, " + one_seed
     args.group_size, args.pool = 0, 256
     assert quality_sst2.rule_label(args) == "K=256, " + one_seed
+
+
+def test_a_row_scored_against_other_label_descriptions_names_them() -> None:
+    args = argparse.Namespace(
+        min_words=10, group_size=0, step_rule="constant", step_clip=1.0, warmup=0, lr_schedule="constant",
+        hypergradient=False, weighting="equal", guard_rounds=0, guard_z=2.0, guard_return="window_end",
+        guard_remeasure=False, scale_rule="fixed", lr=1e-4, pool=quality_sst2.DEFAULT_POOL,
+        template=quality_sst2.TEMPLATE, label_names=quality_sst2.LABELS,
+    )  # fmt: skip
+    default = quality_sst2.rule_label(args)
+    assert quality_sst2.named("zero-shot", args) == "zero-shot"
+    args.template, args.label_names = "a {label} film", ("bad", "good")
+    assert quality_sst2.rule_label(args) == "template 'a {label} film' (bad/good), " + default
+    assert quality_sst2.named("zero-shot", args) == "zero-shot, template 'a {label} film' (bad/good)"
+    spec = quality_sst2.objective_spec(64, args.template, args.label_names)
+    assert label_texts(spec) == ["a bad film", "a good film"]
