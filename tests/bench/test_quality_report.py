@@ -89,14 +89,21 @@ def test_merge_keeps_one_row_per_configuration_the_latest_part_winning(tmp_path)
     assert [(r.name, r.final_accuracy) for r in rows] == [(name, 0.75), (name + ", seed 2", 0.74)]
 
 
-def test_a_row_with_a_seed_per_group_of_clients_or_another_pool_is_named_apart() -> None:
-    # merge_parts keys rows by name: a grouped run must not replace the one-seed row
+def best_rule_args(**changes) -> argparse.Namespace:
+    """The bench's arguments for the best rule without the guard, at its defaults otherwise."""
     args = argparse.Namespace(
         min_words=0, group_size=0, step_rule="spread", step_clip=1.0, warmup=100, lr_schedule="cosine",
         hypergradient=False, weighting="equal", guard_rounds=0, guard_z=2.0, guard_return="window_end",
         guard_remeasure=False, scale_rule="adaptive", lr=1e-3, pool=quality_sst2.DEFAULT_POOL,
         template=quality_sst2.TEMPLATE, label_names=quality_sst2.LABELS,
     )  # fmt: skip
+    vars(args).update(changes)
+    return args
+
+
+def test_a_row_with_a_seed_per_group_of_clients_or_another_pool_is_named_apart() -> None:
+    # merge_parts keys rows by name: a grouped run must not replace the one-seed row
+    args = best_rule_args()
     one_seed = quality_sst2.rule_label(args)
     args.group_size = 1
     per_client = quality_sst2.rule_label(args)
@@ -110,12 +117,7 @@ def test_a_row_with_a_seed_per_group_of_clients_or_another_pool_is_named_apart()
 
 
 def test_a_row_scored_against_other_label_descriptions_names_them() -> None:
-    args = argparse.Namespace(
-        min_words=10, group_size=0, step_rule="constant", step_clip=1.0, warmup=0, lr_schedule="constant",
-        hypergradient=False, weighting="equal", guard_rounds=0, guard_z=2.0, guard_return="window_end",
-        guard_remeasure=False, scale_rule="fixed", lr=1e-4, pool=quality_sst2.DEFAULT_POOL,
-        template=quality_sst2.TEMPLATE, label_names=quality_sst2.LABELS,
-    )  # fmt: skip
+    args = best_rule_args(min_words=10)
     default = quality_sst2.rule_label(args)
     assert quality_sst2.named("zero-shot", args) == "zero-shot"
     args.template, args.label_names = "a {label} film", ("bad", "good")
