@@ -60,20 +60,21 @@ def main() -> None:
     if args.smoke:
         with tempfile.TemporaryDirectory() as tmp:
             data, model_dir = quality.smoke_inputs(Path(tmp))
-            run(args, data, model_dir, TEMPLATES[:2], LABEL_SETS[:2], min_words=0)
+            args.min_words = 0  # the generated sentences are short
+            run(args, data, model_dir, TEMPLATES[:2], LABEL_SETS[:2])
         return
     quality.require_sst2(args.data)
-    run(args, args.data, quality.minilm_dir(), TEMPLATES, LABEL_SETS, args.min_words)
+    run(args, args.data, quality.minilm_dir(), TEMPLATES, LABEL_SETS)
 
 
-def run(args, data: Path, model_dir: Path, templates, label_sets, min_words: int) -> None:
-    train = quality.training_examples(data, min_words)
+def run(args, data: Path, model_dir: Path, templates, label_sets) -> None:
+    train = quality.training_examples(data, args.min_words)
     random.Random(args.seed).shuffle(train)
     sample = train[: args.sample]
     model, tokenizer = quality.load_model(model_dir)
     start = time.perf_counter()
     scored = []
-    print(f"{len(sample)} training examples of {min_words}+ words (shuffle seed {args.seed})")
+    print(f"{len(sample)} training examples of {args.min_words}+ words (shuffle seed {args.seed})")
     print("| template | label names | training accuracy | training loss |\n|---|---|---:|---:|")
     for template in templates:
         for labels in label_sets:

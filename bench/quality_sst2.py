@@ -47,6 +47,7 @@ from seedfed.client.simulate.split import dirichlet_split
 from seedfed.shared.round_math import RoundPlan
 from seedfed.shared.taskspec import GUARD_RETURNS, Objective, TaskSpec
 
+REPO = Path(__file__).resolve().parent.parent
 LABELS = ("negative", "positive")
 TEMPLATE = "a {label} review"
 DEFAULT_SEED = 1  # the Dirichlet split, the minibatches and the genesis seed
@@ -81,8 +82,7 @@ def smoke_inputs(root: Path, n: int = 240) -> tuple[Path, Path]:
 
 
 def default_data_dir() -> Path:
-    repo = Path(__file__).resolve().parent.parent
-    return Path(os.environ.get("SEEDFED_SST2", repo.parent / "shared" / "data" / "sst2"))
+    return Path(os.environ.get("SEEDFED_SST2", REPO.parent / "shared" / "data" / "sst2"))
 
 
 def require_sst2(data: Path) -> None:
@@ -93,8 +93,7 @@ def require_sst2(data: Path) -> None:
 
 def training_examples(data: Path, min_words: int = 0) -> list[LabelledText]:
     """SST-2's training split; with min_words, only its examples of that many words or more."""
-    train = read_classification(data / "train.tsv", LABELS)
-    return [ex for ex in train if len(ex.text.split()) >= min_words] if min_words else train
+    return [ex for ex in read_classification(data / "train.tsv", LABELS) if len(ex.text.split()) >= min_words]
 
 
 def minilm_dir() -> Path:
@@ -131,11 +130,15 @@ def objective_spec(max_length: int, template: str = TEMPLATE, labels: tuple[str,
     return Objective(kind="classification", labels=labels, template=template, max_length=max_length)
 
 
+def descriptions(template: str, labels: tuple[str, ...]) -> str:
+    return f"template '{template}' ({'/'.join(labels)})"
+
+
 def description_label(args) -> str:
     """The label descriptions a row scores against, named only when not the table's default."""
     if args.template == TEMPLATE and tuple(args.label_names) == LABELS:
         return ""
-    return f"template '{args.template}' ({'/'.join(args.label_names)})"
+    return descriptions(args.template, args.label_names)
 
 
 def named(name: str, args) -> str:
@@ -411,7 +414,7 @@ def write_report(rows: list[Row], args, out: Path) -> None:
         f"steps {args.steps}, batch {args.batch} (2 forward passes per step), eps {args.eps}, lr and step rule as each "
         f"row names, genesis scalar scale {args.scalar_scale}, pool K={args.pool}, seed {args.seed}, "
         f"dev set {args.dev_limit or 872} sentences, "
-        f"template '{TEMPLATE}' ({'/'.join(LABELS)}) unless a row names another, "
+        f"{descriptions(TEMPLATE, LABELS)} unless a row names another, "
         f"{args.threads or torch.get_num_threads()} CPU threads per row"
     )
     lines = [
@@ -514,7 +517,6 @@ def print_ratio(rows: list[Row]) -> None:
 
 
 def main() -> None:
-    repo = Path(__file__).resolve().parent.parent
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--data",
@@ -522,7 +524,7 @@ def main() -> None:
         default=default_data_dir(),
         help="folder with SST-2's train.tsv and dev.tsv (default: $SEEDFED_SST2, else ../shared/data/sst2 beside the repository)",
     )
-    ap.add_argument("--out", type=Path, default=repo / "docs" / "bench")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "bench")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--eps", type=float, default=1e-3)
