@@ -261,9 +261,15 @@ def seeds_label(group_size: int) -> str:
     return "a seed per client" if group_size == 1 else f"a seed per {group_size} clients"
 
 
+def trainable_patterns(args) -> tuple[str, ...]:
+    return tuple(p.strip() for p in args.trainable.split(",") if p.strip())
+
+
 def rule_label(args) -> str:
     described = description_label(args)
     parts = [described] if described else []
+    if trainable_patterns(args):
+        parts.append(f"tuning {' '.join(trainable_patterns(args))}")
     if args.min_words:
         parts.append(f"train {args.min_words}+ words")
     if args.group_size:
@@ -317,8 +323,10 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
         aggregation="mean",
         weighting=args.weighting,
         min_clients=n_clients,
+        trainable=trainable_patterns(args),
     ).validate()
     replica = Replica.from_base(spec, model)
+    tuned = sum(b - a for a, b in replica.state.ranges())
     weights = ComputeWeights.bind(model, replica.state, dtype=torch.float32)
     objective = ClassificationObjective(model, tokenizer, spec_obj, "cpu")
     if n_clients == 1:
@@ -340,7 +348,11 @@ def run_seedfed(model_dir, train, dev, args, spec_obj, n_clients: int) -> Row:
     # the table's header names the default seed; a row run at another says so
     name = f"seedfed, {n_clients} client{'s' if n_clients > 1 else ''}, {rule_label(args)}"
     name += seed_summary.seed_suffix(args.seed, DEFAULT_SEED)
-    row = Row(name, notes=f"{split}, batch {per_client_batch} per client, {seeds_label(args.group_size)}, K={args.pool}")
+    row = Row(
+        name,
+        notes=f"{split}, batch {per_client_batch} per client, {seeds_label(args.group_size)}, K={args.pool}"
+        + (f", {tuned:,} of {replica.state.flat.numel():,} parameters tuned" if spec.trainable else ""),
+    )
     train_losses: list[float] = []
     checkpoint(row, 0, objective, dev, train_losses)
     start = time.perf_counter()
@@ -581,6 +593,11 @@ def main() -> None:
         type=lambda s: tuple(s.split(",")),
         default=LABELS,
         help="the names of SST-2's labels 0 and 1 in the descriptions, comma-separated (default: negative,positive)",
+    )
+    ap.add_argument(
+        "--trainable",
+        default="",
+        help="seedfed rows: comma-separated parameter-name patterns the run tunes (the genesis's trainable; default: all)",
     )
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--threads", type=int, default=0)

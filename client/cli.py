@@ -130,6 +130,14 @@ def _parse_set(pairs: tuple[str, ...]) -> dict[str, object]:
     "--set guard_return=window_start: go back to where the best window began, not where it ended; "
     "--set guard_remeasure=true: after a rollback, compare with the next window, not the best).",
 )
+@click.option(
+    "--trainable",
+    multiple=True,
+    metavar="PATTERN",
+    help="Tune only the parameters whose names match (shell-style, repeatable), e.g. --trainable '*bias' "
+    "--trainable '*LayerNorm.weight'; the rest keep the base weights. Default: all. Fewer dimensions make "
+    "each zeroth-order step count for more (docs/decisions.md).",
+)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other genesis field, e.g. --set digest_every=1.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="task.toml", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")

@@ -7,8 +7,9 @@ import os
 import secrets
 from typing import Any
 
+from seedfed.client.engine.manifest import ManifestError
 from seedfed.client.model import open_base
-from seedfed.shared.taskspec import Objective, TaskSpec
+from seedfed.shared.taskspec import Objective, TaskSpec, TaskSpecError
 
 
 def genesis_for_model(
@@ -25,7 +26,12 @@ def genesis_for_model(
     validated genesis; ``fields`` set any other genesis field. A local directory is recorded as
     an absolute path, so clients on the same machine find it from any working directory."""
     seed = task_seed if task_seed is not None else secrets.randbits(32)
-    desc = open_base(model_ref, objective.kind).describe(seed, unit_log2)
+    base = open_base(model_ref, objective.kind)
+    try:
+        base.manifest.spans(fields.get("trainable", ()))
+    except ManifestError as exc:
+        raise TaskSpecError(str(exc)) from None
+    desc = base.describe(seed, unit_log2)
     reference = os.path.abspath(model_ref) if os.path.isdir(model_ref) else model_ref
     raw = {
         "task_id": task_id,

@@ -46,6 +46,8 @@ class Replica:
     def __init__(self, spec: TaskSpec, state, round_no: int = 0, head_hash: bytes | None = None) -> None:
         self.spec = spec
         self.state = state
+        if spec.trainable:  # the task's perturbations cover only these parameters
+            state.restrict(state.manifest.spans(spec.trainable))
         self.round = round_no
         self.head_hash = spec.genesis_hash() if head_hash is None else head_hash
 

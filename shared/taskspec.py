@@ -29,6 +29,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 STEP_RULES = ("constant", "spread")
 GUARD_RETURNS = ("window_end", "window_start")  # where a loss guard's rollback takes the weights
 DISTRIBUTIONS = ("rademacher",)
+MAX_TRAINABLE_PATTERNS = 1024
 OBJECTIVES = ("causal_lm", "classification")
 # A task id: also a wire field (seedfed.shared.wire.TASK_ID) and a 64-wide column.
 TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -65,6 +66,9 @@ class TaskSpec:
     unit_log2: int  # the fixed-point unit is 2**unit_log2
     task_seed: int  # 32-bit key word of the generator
     objective: Objective = field(default_factory=Objective)
+    # shell-style patterns over parameter names (fnmatchcase): the weights the run tunes, the rest
+    # stay the base's (z is 0 there). Empty: all of them.
+    trainable: tuple[str, ...] = ()
     generator: str = GENERATOR_ID
     distribution: str = "rademacher"
     eps: float = 1e-3
@@ -181,6 +185,12 @@ class TaskSpec:
         need(self.sampling in SAMPLINGS, f"sampling must be one of {SAMPLINGS}")
         need(self.sampling != "fedkseed_pro" or self.pool_size > 0, "fedkseed_pro sampling needs a finite pool_size")
         need(1 <= self.digest_every <= 1_000_000, "digest_every must be >= 1")
+        need(len(self.trainable) <= MAX_TRAINABLE_PATTERNS, f"trainable takes at most {MAX_TRAINABLE_PATTERNS} patterns")
+        need(
+            all(0 < len(p) <= 256 and p.isprintable() for p in self.trainable),
+            "trainable patterns must be 1-256 printable characters",
+        )
+        need(len(set(self.trainable)) == len(self.trainable), "trainable patterns must not repeat")
         o = self.objective
         need(o.kind in OBJECTIVES, f"objective.kind must be one of {OBJECTIVES}")
         need(o.kind != "classification" or len(o.labels) >= 2, "a classification objective needs >= 2 labels")
@@ -223,6 +233,10 @@ class TaskSpec:
         before they existed keeps its bytes and its hash."""
         d = dataclasses.asdict(self)
         d["objective"]["labels"] = list(self.objective.labels)
+        if self.trainable:
+            d["trainable"] = list(self.trainable)
+        else:
+            del d["trainable"]
         if self.scale_rule == "fixed":
             del d["scale_rule"], d["scale_target"]
         if self.byzantine_clients == 0:
@@ -263,6 +277,10 @@ class TaskSpec:
             raise TaskSpecError(f"unknown objective field(s): {', '.join(bad)}")
         if "labels" in obj_raw:
             obj_raw["labels"] = tuple(obj_raw["labels"])
+        if "trainable" in raw:
+            if not isinstance(raw["trainable"], (list, tuple)) or not all(isinstance(p, str) for p in raw["trainable"]):
+                raise TaskSpecError("trainable must be a list of parameter-name patterns (strings)")
+            raw["trainable"] = tuple(raw["trainable"])
         missing = [
             n for n in ("task_id", "base_model", "base_digest", "manifest_digest", "unit_log2", "task_seed") if n not in raw
         ]

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 import torch
 
@@ -74,6 +76,26 @@ class Manifest:
             if s.name == name:
                 return s
         raise KeyError(name)
+
+    def spans(self, patterns: Sequence[str]) -> tuple[tuple[int, int], ...]:
+        """The flat-index ranges [start, end) of the parameters whose names match any of the
+        shell-style ``patterns`` (case-sensitive, the same on every platform), adjacent ones
+        merged. A pattern that matches nothing is an error: a typo would freeze the whole model."""
+        for pattern in patterns:
+            if not any(fnmatchcase(s.name, pattern) for s in self.slots):
+                examples = ", ".join(s.name for s in self.slots[:3])
+                raise ManifestError(
+                    f"trainable pattern {pattern!r} matches none of the model's {len(self.slots)} parameters "
+                    f"(names look like {examples})"
+                )
+        out: list[tuple[int, int]] = []
+        for s in self.slots:
+            if s.numel and any(fnmatchcase(s.name, p) for p in patterns):
+                if out and out[-1][1] == s.offset:
+                    out[-1] = (out[-1][0], s.end)
+                else:
+                    out.append((s.offset, s.end))
+        return tuple(out)
 
     def check_module(self, module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
         """The module's parameters by name, if they match this manifest's names and shapes

@@ -364,22 +364,42 @@ def sign_chunks(
         yield start, min(nb * BLOCK_ELEMENTS, total - start), words4
 
 
-def add_signs_(flat: torch.Tensor, task_seed: int, seed: int, q: int, *, compiled: bool | None = None) -> None:
-    """flat (1-d int32) += q * z(task_seed, seed), in one pass. The caller guarantees no overflow."""
+def add_signs_(
+    flat: torch.Tensor, task_seed: int, seed: int, q: int, *, first_element: int = 0, compiled: bool | None = None
+) -> None:
+    """flat (1-d int32) += q * z(task_seed, seed), in one pass. The caller guarantees no overflow.
+    ``flat`` may be a slice of the flat index starting at element ``first_element`` of the whole
+    model, as in write_perturbed_."""
     total = flat.numel()
     if compiled is None:
         compiled = compile_wanted(total)
+    if first_element < 0:
+        raise ValueError(f"first_element must be >= 0, got {first_element}")
     q_t = torch.tensor(q, dtype=torch.int32, device=flat.device)
     masks = _bit_masks(flat.device)
     with _cpu_passes(flat.device):
-        _add_signs_chunks(flat, task_seed, seed, q_t, masks, compiled)
+        head = min(-first_element % BLOCK_ELEMENTS, total)
+        if head:
+            skip = first_element % BLOCK_ELEMENTS
+            words4 = _stream_words4(task_seed, seed, first_element // BLOCK_ELEMENTS, 1, STREAM_SIGNS, flat.device, False)
+            step = torch.where(_byte_sign_set(flat.device), -q_t, q_t)
+            flat[:head].add_(_table_gather(words4, step)[skip : skip + head])
+        if total > head:
+            first_block = (first_element + head) // BLOCK_ELEMENTS
+            _add_signs_chunks(flat[head:], task_seed, seed, q_t, masks, compiled, first_block)
 
 
 def _add_signs_chunks(
-    flat: torch.Tensor, task_seed: int, seed: int, q_t: torch.Tensor, masks: torch.Tensor, compiled: bool
+    flat: torch.Tensor,
+    task_seed: int,
+    seed: int,
+    q_t: torch.Tensor,
+    masks: torch.Tensor,
+    compiled: bool,
+    first_block: int = 0,
 ) -> None:
     total = flat.numel()
-    for start, count, words4 in sign_chunks(task_seed, seed, total, flat.device, compiled):
+    for start, count, words4 in sign_chunks(task_seed, seed, total, flat.device, compiled, first_block):
         full = count // BLOCK_ELEMENTS
         if full:
             w3 = flat[start : start + full * BLOCK_ELEMENTS].view(full, 4, 32)

@@ -7,6 +7,11 @@ steps give the same bytes on every device. Overflow raises, never wraps.
 
 The float weights a model computes with (``ComputeWeights``) are derived from
 W and never written back.
+
+A task may tune only some parameters (its genesis names them): the state's
+``scope`` is then the flat-index ranges z covers, and z is 0 elsewhere. Each
+element inside the scope takes the sign it has in the whole-model pass, so a
+scope changes which weights move, never how.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
@@ -58,7 +63,16 @@ def unit_log2_for(maxabs: float) -> int:
 class FixedPointState:
     """int32 master weights ``flat`` (one tensor over the manifest's flat index)."""
 
-    def __init__(self, flat: torch.Tensor, manifest: Manifest, unit_log2: int, task_seed: int, *, bound: int | None = None):
+    def __init__(
+        self,
+        flat: torch.Tensor,
+        manifest: Manifest,
+        unit_log2: int,
+        task_seed: int,
+        *,
+        bound: int | None = None,
+        scope: tuple[tuple[int, int], ...] | None = None,
+    ):
         if flat.dtype != torch.int32 or flat.dim() != 1 or flat.numel() != manifest.total:
             raise ValueError(f"flat must be a 1-d int32 tensor of {manifest.total} elements")
         self.flat = flat
@@ -70,6 +84,7 @@ class FixedPointState:
         self._bound = self._true_max() if bound is None else int(bound)
         self._bound_version = flat._version
         self._digest_cache: tuple[int, str] | None = None
+        self.scope = scope  # None: every element; else the ranges [start, end) that z covers
 
     @property
     def device(self) -> torch.device:
@@ -97,12 +112,43 @@ class FixedPointState:
         return cls(flat, manifest, unit_log2, task_seed)
 
     def copy(self) -> FixedPointState:
-        return FixedPointState(self.flat.clone(), self.manifest, self.unit_log2, self.task_seed, bound=self._current_bound())
+        return self._with_flat(self.flat.clone())
 
     def to(self, device) -> FixedPointState:
         if torch.device(device) == self.device:
             return self
-        return FixedPointState(self.flat.to(device), self.manifest, self.unit_log2, self.task_seed, bound=self._current_bound())
+        return self._with_flat(self.flat.to(device))
+
+    def _with_flat(self, flat: torch.Tensor) -> FixedPointState:
+        return FixedPointState(flat, self.manifest, self.unit_log2, self.task_seed, bound=self._current_bound(), scope=self.scope)
+
+    # -- scope ------------------------------------------------------------------------
+    def restrict(self, spans: tuple[tuple[int, int], ...]) -> None:
+        """From now on z covers only ``spans`` (from Manifest.spans): the task tunes those parameters."""
+        total = self.flat.numel()
+        inside = all(0 <= a < b <= total for a, b in spans)
+        ordered = all(b <= a2 for (_, b), (a2, _) in zip(spans, spans[1:]))
+        if not spans or not inside or not ordered:
+            raise ValueError(f"a scope is one or more sorted, disjoint, non-empty ranges inside [0, {total})")
+        self.scope = tuple(spans)
+
+    def ranges(self) -> tuple[tuple[int, int], ...]:
+        """The ranges z covers: the scope, or the whole flat index."""
+        return self.scope if self.scope is not None else ((0, self.flat.numel()),)
+
+    def pieces(self, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
+        """[start, end) cut at the scope's edges: (a, b, inside) in order, covering it exactly."""
+        at = start
+        for a, b in self.ranges():
+            a, b = max(a, start), min(b, end)
+            if a >= b:
+                continue
+            if at < a:
+                yield at, a, False
+            yield a, b, True
+            at = b
+        if at < end:
+            yield at, end, False
 
     # -- identity -------------------------------------------------------------------
     def digest(self) -> str:
@@ -135,7 +181,8 @@ class FixedPointState:
             self._apply_checked(items)
             return
         for seed, q in items:
-            philox.add_signs_(self.flat, self.task_seed, seed, q)
+            for a, b in self.ranges():
+                philox.add_signs_(self.flat[a:b], self.task_seed, seed, q, first_element=a)
         self._bound_version = self.flat._version
 
     def revert(self, entries: Mapping[int, int]) -> None:
@@ -184,9 +231,8 @@ class FixedPointState:
         """Near the int32 limit: check every element exactly (in int64) before writing anything."""
         if sum(abs(q) for _, q in items) > 2**62:
             raise StateOverflowError(f"steps {dict(items)} cannot fit any int32 weight")
-        total = self.flat.numel()
-        for start in range(0, total, _PASS_CHUNK):
-            end = min(start + _PASS_CHUNK, total)
+        chunks = [(s, min(s + _PASS_CHUNK, b)) for a, b in self.ranges() for s in range(a, b, _PASS_CHUNK)]
+        for start, end in chunks:
             out = self._exact_sums(items, start, end).abs() > INT32_LIMIT
             if bool(out.any()):
                 i = start + int(out.nonzero()[0, 0])
@@ -196,8 +242,7 @@ class FixedPointState:
                     f"({slot.name}[{i - slot.offset}]); the state is unchanged. The fixed-point unit "
                     f"2**{self.unit_log2} leaves too little room for these steps: lower lr or use a coarser unit."
                 )
-        for start in range(0, total, _PASS_CHUNK):
-            end = min(start + _PASS_CHUNK, total)
+        for start, end in chunks:
             self.flat[start:end] = self._exact_sums(items, start, end).to(torch.int32)
         self._bound = self._true_max()
         self._bound_version = self.flat._version
@@ -294,6 +339,12 @@ class ComputeWeights:
             philox.write_scaled_(self.buffer, self.state.flat, self.state.unit)
 
     def perturb(self, seed: int, scale: float) -> None:
-        """w = float32(W) * unit + scale * z(seed): computed from W, so no drift accumulates."""
+        """w = float32(W) * unit + scale * z(seed): computed from W, so no drift accumulates. Only
+        the state's scope is written: outside it z is 0 and the buffer already holds the plain
+        weights (every change to W is followed by a refresh)."""
+        state = self.state
         with torch.no_grad():
-            philox.write_perturbed_(self.buffer, self.state.flat, self.state.unit, self.state.task_seed, seed, scale)
+            for a, b in state.ranges():
+                philox.write_perturbed_(
+                    self.buffer[a:b], state.flat[a:b], state.unit, state.task_seed, seed, scale, first_element=a
+                )

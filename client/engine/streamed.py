@@ -388,20 +388,23 @@ class StreamedWeights:
         with torch.no_grad():
             for span, src in zip(owner.spans, sources):
                 out = arena.take(span)
-                if lane.seed is None:
-                    philox.write_scaled_(out, src, self.state.unit, compiled=compiled, set_threads=lane.run is None)
-                else:
-                    philox.write_perturbed_(
-                        out,
-                        src,
-                        self.state.unit,
-                        self.state.task_seed,
-                        lane.seed,
-                        lane.scale,
-                        first_element=span.offset,
-                        compiled=compiled,
-                        set_threads=lane.run is None,
-                    )
+                # cut at the state's scope: z is 0 outside it
+                for a, b, inside in self.state.pieces(span.offset, span.end):
+                    part, from_ = out[a - span.offset : b - span.offset], src[a - span.offset : b - span.offset]
+                    if lane.seed is None or not inside:
+                        philox.write_scaled_(part, from_, self.state.unit, compiled=compiled, set_threads=lane.run is None)
+                    else:
+                        philox.write_perturbed_(
+                            part,
+                            from_,
+                            self.state.unit,
+                            self.state.task_seed,
+                            lane.seed,
+                            lane.scale,
+                            first_element=a,
+                            compiled=compiled,
+                            set_threads=lane.run is None,
+                        )
                 outs.append(out)
         values: dict[str, torch.Tensor] = {}
         for name, slot in zip(owner.names, owner.slots):

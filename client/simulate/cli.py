@@ -354,6 +354,12 @@ def client_report(proc) -> dict:
     show_default=True,
     help="equal: each client's report counts once; examples: by the examples of its share (FedAvg)",
 )
+@click.option(
+    "--trainable",
+    multiple=True,
+    metavar="PATTERN",
+    help="tune only the parameters whose names match (shell-style, repeatable), e.g. '*bias'; default: all",
+)
 @click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option("--task-id", default=DEFAULT_TASK_ID, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("seedfed-sim"), show_default=True)
@@ -386,6 +392,7 @@ def simulate_command(
     guard_remeasure,
     scale_rule,
     weighting,
+    trainable,
     seed,
     task_id,
     out,
@@ -419,6 +426,7 @@ def simulate_command(
         "guard_remeasure": guard_remeasure,
         "scale_rule": scale_rule,
         "weighting": weighting,
+        "trainable": trainable,
         "round_deadline_s": 120.0,
         "digest_every": 5,
     }

@@ -80,3 +80,13 @@ def test_weighting_reaches_the_genesis_and_examples_needs_a_weighted_rule(tmp_pa
     r = init(bert_dir, out, "--force", "--weighting", "examples", "--aggregation", "median")
     assert r.exit_code != 0 and "weighting examples needs an aggregation of" in r.output, r.output
     assert TaskSpec.load_toml(out).aggregation == "screened_mean"  # the refused command left the file as it was
+
+
+def test_trainable_reaches_the_genesis_and_a_pattern_matching_nothing_is_refused(tmp_path, engine, bert_dir) -> None:  # noqa: ANN001
+    out = tmp_path / "task.toml"
+    r = init(bert_dir, out, "--trainable", "*bias", "--trainable", "*LayerNorm.weight")
+    assert r.exit_code == 0, r.output
+    assert TaskSpec.load_toml(out).trainable == ("*bias", "*LayerNorm.weight")
+    r = init(bert_dir, out, "--force", "--trainable", "*Bias")
+    assert r.exit_code != 0 and "'*Bias' matches none" in r.output, r.output
+    assert TaskSpec.load_toml(out).trainable == ("*bias", "*LayerNorm.weight")  # the refused command left the file alone

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import torch
 from fakecoord import synthetic_ledger
 
 from seedfed.client.model import describe_base, load_base
@@ -74,3 +77,21 @@ def test_reset_to_moves_in_place(bert_spec, bert_dir):
     flat = a.state.flat
     a.reset_to(b)
     assert a.state.flat is flat and a.digest() == b.digest() and a.round == 3
+
+
+def test_a_task_that_tunes_some_parameters_moves_only_them_on_every_path(bert_spec, bert_dir):
+    spec = dataclasses.replace(bert_spec, trainable=("*bias", "*LayerNorm.weight"))
+    records = synthetic_ledger(spec, 20, seeds_per_round=4)
+    live, folded = _replica(spec, bert_dir), _replica(spec, bert_dir)
+    base = live.state.flat.clone()
+    for rec in records:
+        live.apply(rec)
+    folded.catch_up(records)
+    assert live.digest() == folded.digest() != spec.base_digest
+    moved = (live.state.flat != base).nonzero().flatten().tolist()
+    names = {s.name for s in live.state.manifest.slots for i in moved[:: max(1, len(moved) // 200)] if s.offset <= i < s.end}
+    assert names and all(n.endswith("bias") or n.endswith("LayerNorm.weight") for n in names)
+    frozen = torch.ones_like(base, dtype=torch.bool)
+    for a, b in live.state.ranges():
+        frozen[a:b] = False
+    assert torch.equal(live.state.flat[frozen], base[frozen])

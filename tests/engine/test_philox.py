@@ -221,3 +221,19 @@ def test_perturbed_slice_at_any_offset_matches_the_full_pass(compiled, request, 
     assert not philox._compile_broken
     with pytest.raises(ValueError):
         philox.write_perturbed_(torch.empty(3), flat[:3], 1.0, 1, 2, 0.5, first_element=-1)
+
+
+def test_add_signs_on_a_slice_matches_the_whole_pass(monkeypatch):
+    """A step over part of the flat index (a trainable scope) moves each element as the full pass does."""
+    monkeypatch.setattr(philox, "EAGER_CHUNK_BLOCKS", 3)
+    total = 5 * 128 * 3 + 45
+    base = torch.randint(-5000, 5000, (total,), dtype=torch.int32, generator=torch.Generator().manual_seed(4))
+    full = base.clone()
+    philox.add_signs_(full, 11, 12, -7, compiled=False)
+    for first, n in [(0, 1), (1, 127), (5, 300), (127, 2), (128, 128), (200, 1000), (total - 45, 45), (17, total - 17)]:
+        part = base.clone()
+        philox.add_signs_(part[first : first + n], 11, 12, -7, first_element=first, compiled=False)
+        assert torch.equal(part[first : first + n], full[first : first + n]), (first, n)
+        assert torch.equal(part[:first], base[:first]) and torch.equal(part[first + n :], base[first + n :])
+    with pytest.raises(ValueError):
+        philox.add_signs_(base[:3], 1, 2, 1, first_element=-1)

@@ -309,3 +309,18 @@ def test_a_task_id_with_a_trailing_newline_is_refused() -> None:
     raw = spec.to_dict() | {"task_id": "demo\n"}
     with pytest.raises(TaskSpecError, match="task_id"):
         TaskSpec.from_dict(raw)
+
+
+def test_trainable_is_validated_and_leaves_old_genesis_bytes_alone():
+    assert b"trainable" not in spec().canonical_bytes()
+    tuned = spec(trainable=("*bias", "*LayerNorm.weight")).validate()
+    assert b'"trainable":["*bias","*LayerNorm.weight"]' in tuned.canonical_bytes()  # order kept: it is the user's
+    assert tuned.genesis_hash() != spec().genesis_hash()
+    assert TaskSpec.from_canonical(tuned.canonical_bytes()) == tuned
+    with pytest.raises(TaskSpecError, match="must not repeat"):
+        spec(trainable=("*bias", "*bias")).validate()
+    with pytest.raises(TaskSpecError, match="1-256 printable"):
+        spec(trainable=("",)).validate()
+    raw = spec().to_dict()
+    with pytest.raises(TaskSpecError, match="trainable must be a list"):
+        TaskSpec.from_dict({**raw, "trainable": "*bias"})

@@ -9,8 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from rouge_score import rouge_scorer
+from safetensors.torch import load_file
 
+from seedfed.client.export import rebuild, write_model_dir
 from seedfed.client.history import load_history
 from seedfed.client.simulate.processes import seedfed_command
 from seedfed.client.simulate.sample_data import LABEL_NAMES, make_examples, make_instructions, write_jsonl
@@ -152,11 +155,17 @@ def test_simulate_runs_a_four_class_task_from_a_labelled_file(tmp_path: Path, fo
         "simulate", "--data", str(data), "--labels", FOUR_LABELS, "--template", "news about {label}",
         "--clients", "2", "--rounds", "3", "--split", "dirichlet", "--model", str(model), "--out", str(out), "--timeout", "500",
         "--step-rule", "spread", "--scale-rule", "adaptive", "--warmup-rounds", "1", "--lr-schedule", "cosine",
-        "--weighting", "examples",
+        "--weighting", "examples", "--trainable", "*bias", "--trainable", "*LayerNorm.weight",
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     spec, records = load_history(f"sqlite:///{out / 'coordinator.db'}", "demo", None)
     assert (spec.step_rule, spec.scale_rule, spec.warmup_rounds, spec.weighting) == ("spread", "adaptive", 1, "examples")
+    # only the named parameters were tuned: the exported model keeps every other base weight
+    assert spec.trainable == ("*bias", "*LayerNorm.weight")
+    write_model_dir(rebuild(spec, records, str(out / "model"), to_round=0), tmp_path / "round-0")
+    base, tuned = load_file(tmp_path / "round-0" / "model.safetensors"), load_file(out / "export" / "model.safetensors")
+    moved = {name for name in base if not torch.equal(base[name], tuned[name])}
+    assert moved and all(n.endswith("bias") or n.endswith("LayerNorm.weight") for n in moved), sorted(moved)
     # each client daemon claimed the examples of its share with every report
     share_sizes = sorted(len((out / "data" / f"client-{i}.tsv").read_text().splitlines()) - 1 for i in range(2))
     store = SqlStore(make_engine(f"sqlite:///{out / 'coordinator.db'}"))
