@@ -95,7 +95,7 @@ def best_rule_args(**changes) -> argparse.Namespace:
         min_words=0, group_size=0, step_rule="spread", step_clip=1.0, warmup=100, lr_schedule="cosine",
         hypergradient=False, weighting="equal", guard_rounds=0, guard_z=2.0, guard_return="window_end",
         guard_remeasure=False, scale_rule="adaptive", lr=1e-3, pool=quality_sst2.DEFAULT_POOL,
-        template=quality_sst2.TEMPLATE, label_names=quality_sst2.LABELS,
+        template=quality_sst2.TEMPLATE, label_names=quality_sst2.LABELS, trainable="",
     )  # fmt: skip
     vars(args).update(changes)
     return args
@@ -114,6 +114,9 @@ def test_a_row_with_a_seed_per_group_of_clients_or_another_pool_is_named_apart()
     assert per_pair == "a seed per 2 clients, " + one_seed
     args.group_size, args.pool = 0, 256
     assert quality_sst2.rule_label(args) == "K=256, " + one_seed
+    args.pool, args.trainable = quality_sst2.DEFAULT_POOL, " *bias, *LayerNorm.weight"
+    assert quality_sst2.trainable_patterns(args) == ("*bias", "*LayerNorm.weight")
+    assert quality_sst2.rule_label(args) == "tuning *bias *LayerNorm.weight, " + one_seed
 
 
 def test_a_row_scored_against_other_label_descriptions_names_them() -> None:
