@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from seedfed.shared.ledger import LedgerError
-from seedfed.shared.taskspec import TaskSpec
+from seedfed.shared.taskspec import TaskSpec, TaskSpecError
 
 MAX_NEW_TOKENS = 64  # the default bound on a generated response (causal_lm)
 
@@ -150,7 +150,7 @@ def eval_command(
             rebuilt = rebuild(spec, records, base_ref, to_round, device)
             module, tokenizer, where = rebuilt.module, rebuilt.tokenizer, f"task {spec.task_id} round {rebuilt.replica.round}"
         result = evaluate_module(spec, module, tokenizer, data_path, device, limit, max_new_tokens)
-    except (DataError, LedgerError, DatabaseError, ExportError, ModelLoadError, BaseDigestMismatch) as exc:
+    except (DataError, LedgerError, DatabaseError, ExportError, ModelLoadError, BaseDigestMismatch, TaskSpecError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         fields = {"model": where, "examples": result.examples, "loss": result.loss, "accuracy": result.accuracy}

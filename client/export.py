@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from seedfed.shared.ledger import LedgerError, RoundRecord
-from seedfed.shared.taskspec import TaskSpec
+from seedfed.shared.taskspec import TaskSpec, TaskSpecError
 
 
 class ExportError(RuntimeError):
@@ -152,7 +152,7 @@ def export_command(db_url, task_id, ledger_file, model_ref, to_round, device, ou
     try:
         spec, records = load_history(db_url, task_id, ledger_file)
         rebuilt = rebuild(spec, records, model_ref, to_round, device)
-    except (LedgerError, DatabaseError, ExportError, ModelLoadError, BaseDigestMismatch) as exc:
+    except (LedgerError, DatabaseError, ExportError, ModelLoadError, BaseDigestMismatch, TaskSpecError) as exc:
         raise click.ClickException(str(exc)) from None
     out = write_model_dir(rebuilt, out_dir)
     click.echo(f"exported task {spec.task_id} at round {rebuilt.replica.round} to {out}")

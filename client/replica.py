@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from seedfed.shared.ledger import LedgerError, RoundRecord, verify_chain, verify_record
 from seedfed.shared.steps import fold
-from seedfed.shared.taskspec import TaskSpec
+from seedfed.shared.taskspec import TaskSpec, TaskSpecError
 
 FOLD_CHUNK = 16  # seeds per engine call during a folded catch-up (progress granularity)
 
@@ -32,6 +32,15 @@ def _check_base(spec: TaskSpec, state) -> None:
         )
 
 
+def _trainable_spans(spec: TaskSpec, manifest) -> tuple[tuple[int, int], ...]:
+    from seedfed.client.engine.manifest import ManifestError
+
+    try:
+        return manifest.spans(spec.trainable)
+    except ManifestError as exc:  # a task file edited by hand, or another model
+        raise TaskSpecError(f"task {spec.task_id!r} cannot run on this model: {exc}") from None
+
+
 @dataclass(frozen=True)
 class CatchUpStats:
     first_round: int
@@ -47,7 +56,7 @@ class Replica:
         self.spec = spec
         self.state = state
         if spec.trainable:  # the task's perturbations cover only these parameters
-            state.restrict(state.manifest.spans(spec.trainable))
+            state.restrict(_trainable_spans(spec, state.manifest))
         self.round = round_no
         self.head_hash = spec.genesis_hash() if head_hash is None else head_hash
 

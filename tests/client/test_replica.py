@@ -9,6 +9,7 @@ from fakecoord import synthetic_ledger
 from seedfed.client.model import describe_base, load_base
 from seedfed.client.replica import BaseDigestMismatch, Replica
 from seedfed.shared.ledger import LedgerError, RoundRecord
+from seedfed.shared.taskspec import TaskSpecError
 
 
 def _replica(spec, model_dir):
@@ -95,3 +96,9 @@ def test_a_task_that_tunes_some_parameters_moves_only_them_on_every_path(bert_sp
     for a, b in live.state.ranges():
         frozen[a:b] = False
     assert torch.equal(live.state.flat[frozen], base[frozen])
+
+
+def test_a_trainable_pattern_this_model_lacks_is_a_task_error_naming_it(bert_spec, bert_dir):
+    spec = dataclasses.replace(bert_spec, trainable=("*bias", "model.layers.*.mlp.*"))
+    with pytest.raises(TaskSpecError, match=r"'model\.layers\.\*\.mlp\.\*' matches none"):
+        _replica(spec, bert_dir)
