@@ -364,6 +364,15 @@ def sign_chunks(
         yield start, min(nb * BLOCK_ELEMENTS, total - start), words4
 
 
+def _head_steps(task_seed: int, seed: int, first_element: int, head: int, step: torch.Tensor) -> torch.Tensor:
+    """step * z for the ``head`` elements from ``first_element`` up to the next block boundary,
+    from the one Philox block they share (a slice that does not start on a block)."""
+    words4 = _stream_words4(task_seed, seed, first_element // BLOCK_ELEMENTS, 1, STREAM_SIGNS, step.device, False)
+    signed = torch.where(_byte_sign_set(step.device), -step, step)
+    skip = first_element % BLOCK_ELEMENTS
+    return _table_gather(words4, signed)[skip : skip + head]
+
+
 def add_signs_(
     flat: torch.Tensor, task_seed: int, seed: int, q: int, *, first_element: int = 0, compiled: bool | None = None
 ) -> None:
@@ -380,10 +389,7 @@ def add_signs_(
     with _cpu_passes(flat.device):
         head = min(-first_element % BLOCK_ELEMENTS, total)
         if head:
-            skip = first_element % BLOCK_ELEMENTS
-            words4 = _stream_words4(task_seed, seed, first_element // BLOCK_ELEMENTS, 1, STREAM_SIGNS, flat.device, False)
-            step = torch.where(_byte_sign_set(flat.device), -q_t, q_t)
-            flat[:head].add_(_table_gather(words4, step)[skip : skip + head])
+            flat[:head].add_(_head_steps(task_seed, seed, first_element, head, q_t))
         if total > head:
             first_block = (first_element + head) // BLOCK_ELEMENTS
             _add_signs_chunks(flat[head:], task_seed, seed, q_t, masks, compiled, first_block)
@@ -437,11 +443,7 @@ def write_perturbed_(
         # The part-block up to the next block boundary, then whole blocks from there.
         head = min(-first_element % BLOCK_ELEMENTS, total)
         if head:
-            skip = first_element % BLOCK_ELEMENTS
-            words4 = _stream_words4(task_seed, seed, first_element // BLOCK_ELEMENTS, 1, STREAM_SIGNS, flat.device, False)
-            step = torch.where(_byte_sign_set(flat.device), -scale_t, scale_t)
-            z_step = _table_gather(words4, step)[skip : skip + head]
-            out[:head].copy_(flat[:head].to(torch.float32) * unit_t + z_step)
+            out[:head].copy_(flat[:head].to(torch.float32) * unit_t + _head_steps(task_seed, seed, first_element, head, scale_t))
         if total > head:
             first_block = (first_element + head) // BLOCK_ELEMENTS
             _perturbed_chunks(out[head:], flat[head:], unit_t, task_seed, seed, scale_t, masks, compiled, first_block)
