@@ -3,13 +3,15 @@
     python bench/replay.py                       # GPT-2-small shapes (124M), CPU
     python bench/replay.py --device cuda
     python bench/replay.py --params 20000000 --repeats 3
-    python bench/replay.py --smoke               # seconds: 300k parameters, eager only
+    python bench/replay.py --smoke               # seconds: a tiny GPT-2 (170k parameters), eager only
 
 One replay applies one ledger step (seed, q) to every parameter:
 - seedfed: W += q * z(seed) on the int32 state (Philox signs, one fused pass);
 - (a) MeZO / FedKSeed: torch.manual_seed(seed), then for every parameter
   z = torch.normal(0, 1, size) and p.add_(z, alpha=-lr * g) on float32 weights;
 - (b) one plain memory pass over the same int32 tensor: w.add_(other).
+Then the same replay in a task that tunes only biases and LayerNorms (the
+genesis's trainable), against the whole model's.
 All three run in this process on the same device; the figures are medians.
 """
 
@@ -27,21 +29,23 @@ from seedfed.client.engine import philox
 from seedfed.client.engine.manifest import Manifest, Slot
 from seedfed.client.engine.state import FixedPointState
 
+SCOPE = ("*bias", "*ln_*")  # GPT-2's biases and LayerNorm weights
 # a run of seconds: no compilation, a state of 300k parameters
-SMOKE = {"params": 300_000, "repeats": 3, "baseline_repeats": 1, "no_compile": True}
+SMOKE = {"tiny": True, "repeats": 3, "baseline_repeats": 1, "no_compile": True}
+TINY = {"n_embd": 64, "n_layer": 2, "n_head": 2, "vocab_size": 1000, "n_positions": 128}  # 170k parameters
 
 
-def gpt2_small_shapes() -> list[tuple[str, tuple[int, ...]]]:
+def gpt2_shapes(**config) -> list[tuple[str, tuple[int, ...]]]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     with torch.device("meta"):
-        model = GPT2LMHeadModel(GPT2Config())
+        model = GPT2LMHeadModel(GPT2Config(**config))
     return [(n, tuple(p.shape)) for n, p in model.named_parameters()]
 
 
-def shapes_for(params: int | None) -> list[tuple[str, tuple[int, ...]]]:
-    """GPT-2-small's parameter shapes; with --params, cycled or cut to that many elements."""
-    base = gpt2_small_shapes()
+def shapes_for(params: int | None, tiny: bool = False) -> list[tuple[str, tuple[int, ...]]]:
+    """GPT-2-small's parameter shapes (or a tiny GPT-2's); with --params, cycled or cut to that many elements."""
+    base = gpt2_shapes(**(TINY if tiny else {}))
     if params is None:
         return base
     out: list[tuple[str, tuple[int, ...]]] = []
@@ -91,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled seedfed path (and its compile time)")
     ap.add_argument("--smoke", action="store_true", help="a run of seconds at a tiny size, eager only (the test suite runs it)")
     args = ap.parse_args(argv)
+    args.tiny = False
     if args.smoke:
         vars(args).update(SMOKE)
     if args.no_eager and args.no_compile:
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    shapes = shapes_for(args.params)
+    shapes = shapes_for(args.params, args.tiny)
     state = make_state(shapes, device)
     n = state.manifest.total
     print(
@@ -160,7 +165,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio seedfed ({path}) vs (b): {t_mem / t_seed:6.2f} of a memory pass's speed   (target >= 0.5)")
     if compiled and eager:
         print(f"eager path: {t_mezo / t_eager:.1f}x (a), {t_mem / t_eager:.2f} of (b)")
+    scoped_replay(state, seeds, t_seed, path, args.repeats, device)
     return 0
+
+
+def scoped_replay(state: FixedPointState, seeds, t_whole: float, path: str, repeats: int, device: str) -> None:
+    """A task that tunes only biases and LayerNorms (genesis trainable): a replay writes only them."""
+    scoped = state.copy()
+    scoped.restrict(scoped.manifest.spans(SCOPE))
+    tuned = sum(b - a for a, b in scoped.ranges())
+    os.environ["SEEDFED_COMPILE"] = "1" if path == "compiled" else "0"
+    scoped.apply({0: 1})  # warm-up
+    t = statistics.median(timed(lambda: scoped.apply({next(seeds): 3}), device) for _ in range(repeats))
+    os.environ.pop("SEEDFED_COMPILE", None)
+    what = f"{tuned:,} of {scoped.manifest.total:,} parameters in {len(scoped.ranges())} ranges"
+    print(f"seedfed replay, trainable {' '.join(SCOPE)} ({what}): {t * 1e3:.2f} ms ({1 / t:.1f} replays/s)")
+    print(f"ratio whole / scoped replay ({path}): {t_whole / t:6.1f}x")
 
 
 if __name__ == "__main__":

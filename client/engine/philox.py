@@ -346,6 +346,14 @@ def uniforms(
     return words[skip : skip + numel].to(torch.float64) / 4294967296.0
 
 
+def negative_at_blocks(task_seed: int, seed: int, blocks: torch.Tensor) -> torch.Tensor:
+    """(len(blocks) * 128,) bool, True where z = -1, for the given Philox blocks (int64, any
+    order): element i of block b sits at 128 * (b's position) + i. One call for scattered blocks,
+    such as the short ranges of a trainable scope."""
+    words = philox4x32_tensor(blocks & MASK32, blocks >> 32, STREAM_SIGNS, 0, task_seed, seed, compiled=False)
+    return _sign_set(torch.stack(words), _bit_masks(blocks.device)).reshape(-1)
+
+
 # -- fused passes over a flat buffer ------------------------------------------------------
 
 

@@ -31,6 +31,9 @@ INT32_LIMIT = 2**31 - 1  # |W| never exceeds this (so -W and |W| are always int3
 HEADROOM_LOG2 = 29  # choose_unit_log2 leaves max|W0| <= 2**29: two bits of room to grow
 MIN_UNIT_LOG2 = -30  # finer units only add bits the base weights do not have
 _PASS_CHUNK = 1 << 22  # elements per chunk for passes that need temporaries
+# A scope range shorter than this joins one pass over all such ranges: a pass of its own costs a
+# Philox call of fixed overhead, and a scope of biases and norms has dozens of short ranges.
+SHORT_RANGE = 1 << 16
 _STATE_FORMAT = "seedfed-fixed-point-state/v1"
 _META_PREFIX = "seedfed.state."
 
@@ -84,7 +87,10 @@ class FixedPointState:
         self._bound = self._true_max() if bound is None else int(bound)
         self._bound_version = flat._version
         self._digest_cache: tuple[int, str] | None = None
-        self.scope = scope  # None: every element; else the ranges [start, end) that z covers
+        self.scope: tuple[tuple[int, int], ...] | None = None  # None: every element; else the ranges z covers
+        self.short: ShortRanges | None = None  # the scope's short ranges, drawn in one pass
+        if scope is not None:
+            self.restrict(scope)
 
     @property
     def device(self) -> torch.device:
@@ -131,10 +137,16 @@ class FixedPointState:
         if not spans or not inside or not ordered:
             raise ValueError(f"a scope is one or more sorted, disjoint, non-empty ranges inside [0, {total})")
         self.scope = tuple(spans)
+        short = [(a, b) for a, b in spans if b - a < SHORT_RANGE]
+        self.short = ShortRanges(short, self.device) if short else None
 
     def ranges(self) -> tuple[tuple[int, int], ...]:
         """The ranges z covers: the scope, or the whole flat index."""
         return self.scope if self.scope is not None else ((0, self.flat.numel()),)
+
+    def long_ranges(self) -> tuple[tuple[int, int], ...]:
+        """The ranges z covers that are passed one by one; the rest are ``short``'s."""
+        return tuple((a, b) for a, b in self.ranges() if b - a >= SHORT_RANGE or self.short is None)
 
     def pieces(self, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
         """[start, end) cut at the scope's edges: (a, b, inside) in order, covering it exactly."""
@@ -181,8 +193,11 @@ class FixedPointState:
             self._apply_checked(items)
             return
         for seed, q in items:
-            for a, b in self.ranges():
+            for a, b in self.long_ranges():
                 philox.add_signs_(self.flat[a:b], self.task_seed, seed, q, first_element=a)
+            if self.short is not None:
+                q_t = torch.tensor(q, dtype=torch.int32, device=self.device)
+                self.flat.index_add_(0, self.short.elements, torch.where(self.short.negative(self.task_seed, seed), -q_t, q_t))
         self._bound_version = self.flat._version
 
     def revert(self, entries: Mapping[int, int]) -> None:
@@ -289,6 +304,22 @@ class FixedPointState:
         return state, {k: v for k, v in metadata.items() if not k.startswith(_META_PREFIX)}
 
 
+class ShortRanges:
+    """The short ranges of a scope as one set of elements, with where each one's sign sits among
+    the signs of the Philox blocks they touch: one generator call covers them all."""
+
+    def __init__(self, spans: list[tuple[int, int]], device) -> None:
+        elements = torch.cat([torch.arange(a, b, dtype=torch.int64) for a, b in spans])
+        blocks, rank = torch.unique(elements // philox.BLOCK_ELEMENTS, return_inverse=True)
+        self.elements = elements.to(device)
+        self.blocks = blocks.to(device)
+        self.places = (rank * philox.BLOCK_ELEMENTS + elements % philox.BLOCK_ELEMENTS).to(device)
+
+    def negative(self, task_seed: int, seed: int) -> torch.Tensor:
+        """bool per element, True where z(seed) = -1: the signs the whole-model pass gives them."""
+        return philox.negative_at_blocks(task_seed, seed, self.blocks)[self.places]
+
+
 def _fold(rounds: Iterable[Mapping[int, int]]) -> dict[int, int]:
     return fold(rounds)
 
@@ -344,7 +375,14 @@ class ComputeWeights:
         weights (every change to W is followed by a refresh)."""
         state = self.state
         with torch.no_grad():
-            for a, b in state.ranges():
+            for a, b in state.long_ranges():
                 philox.write_perturbed_(
                     self.buffer[a:b], state.flat[a:b], state.unit, state.task_seed, seed, scale, first_element=a
                 )
+            short = state.short
+            if short is not None:  # the same two float32 terms and one rounding as write_perturbed_
+                unit_t = torch.tensor(state.unit, dtype=torch.float32, device=state.device)
+                scale_t = torch.tensor(scale, dtype=torch.float32, device=state.device)
+                step = torch.where(short.negative(state.task_seed, seed), -scale_t, scale_t)
+                value = state.flat[short.elements].to(torch.float32) * unit_t + step
+                self.buffer[short.elements] = value.to(self.buffer.dtype)

@@ -7,6 +7,8 @@ import pytest
 import torch
 from helpers import tiny_bert
 
+from seedfed.client.engine import philox
+from seedfed.client.engine import state as state_module
 from seedfed.client.engine.manifest import ManifestError
 from seedfed.client.engine.probe import probe
 from seedfed.client.engine.state import ComputeWeights, FixedPointState, choose_unit_log2
@@ -43,7 +45,13 @@ def test_spans_merge_adjacent_parameters_and_name_a_pattern_that_matches_nothing
         m.spans(["*bias", "*Layernorm.weight"])
 
 
-def test_a_scoped_step_moves_only_the_scope_and_as_the_whole_model_step_does():
+# 1: every range passed on its own; 100: some gathered, some not; the default: all gathered
+SHORT_RANGES = pytest.mark.parametrize("short_range", [1, 100, state_module.SHORT_RANGE], ids=["ranges", "mixed", "gathered"])
+
+
+@SHORT_RANGES
+def test_a_scoped_step_moves_only_the_scope_and_as_the_whole_model_step_does(short_range, monkeypatch):
+    monkeypatch.setattr(state_module, "SHORT_RANGE", short_range)
     _, state = base_state()
     spans = state.manifest.spans(PATTERNS)
     whole, scoped = state.copy(), state.copy()
@@ -89,8 +97,10 @@ def test_pieces_cut_a_range_at_the_scope_edges():
     assert list(state.pieces(21, 29)) == [(21, 29, False)]
 
 
+@SHORT_RANGES
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_resident_and_streamed_probes_agree_under_a_scope_and_perturb_only_it(dtype):
+def test_resident_and_streamed_probes_agree_under_a_scope_and_perturb_only_it(dtype, short_range, monkeypatch):
+    monkeypatch.setattr(state_module, "SHORT_RANGE", short_range)
     resident_model, streamed_model = tiny_bert(), tiny_bert()
     state = FixedPointState.from_module(resident_model, choose_unit_log2(resident_model), TASK_SEED)
     spans = state.manifest.spans(PATTERNS)
@@ -103,6 +113,13 @@ def test_resident_and_streamed_probes_agree_under_a_scope_and_perturb_only_it(dt
     changed = (resident.buffer != plain).nonzero().flatten()
     assert changed.numel() > 0
     assert all(any(a <= int(i) < b for a, b in spans) for i in changed)
+    whole = torch.empty_like(resident.buffer)  # inside the scope, the whole-model pass's bits
+    philox.write_perturbed_(whole, state.flat, state.unit, TASK_SEED, 7, 1e-2)
+    inside = torch.zeros_like(resident.buffer, dtype=torch.bool)
+    for a, b in spans:
+        inside[a:b] = True
+    bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
+    assert torch.equal(resident.buffer[inside].view(bits), whole.to(dtype)[inside].view(bits))
     resident.refresh()
     lr, ls = loss_of(resident.module), loss_of(streamed.module)
     for seed in (0, 7, 31):
