@@ -30,7 +30,7 @@ from seedfed.client.engine.manifest import Manifest, Slot
 from seedfed.client.engine.state import FixedPointState
 
 SCOPE = ("*bias", "*ln_*")  # GPT-2's biases and LayerNorm weights
-# a run of seconds: no compilation, a state of 300k parameters
+# a run of seconds: no compilation, a tiny GPT-2
 SMOKE = {"tiny": True, "repeats": 3, "baseline_repeats": 1, "no_compile": True}
 TINY = {"n_embd": 64, "n_layer": 2, "n_head": 2, "vocab_size": 1000, "n_positions": 128}  # 170k parameters
 
